@@ -1,0 +1,160 @@
+"""The bundle: one folder with a versioned JSON manifest and the files it lists with their sha256.
+
+Export writes it; runtimes read it. A bundle whose files do not match its manifest is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from nitro_edge.errors import BundleError
+from nitro_edge.schedule import SamplerParams
+from nitro_edge.specs import ARCHITECTURES, COMPONENTS, ComponentSpec, ModelDims
+from nitro_edge.tokenizer import ClipTokenizer, TokenizerInfo
+
+MANIFEST = "manifest.json"
+SCHEMA = "nitro-edge/bundle"
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+REQUIRED = ("schema", "schema_version", "architecture", "dims", "sampler", "tokenizers", "components", "files")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_relpath(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing absolute paths, `..`, and symlinks that lead out of the bundle."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"manifest path must be a non-empty string, got {rel!r}")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or ":" in rel:
+        raise BundleError(f"manifest path {rel!r} leaves the bundle; expected a relative path inside it")
+    path = root / pure
+    resolved_root = root.resolve()
+    if not path.resolve().is_relative_to(resolved_root):
+        raise BundleError(f"manifest path {rel!r} resolves outside the bundle (symlink?)")
+    return path
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+@dataclass
+class Bundle:
+    """A validated bundle on disk."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+        """Read and validate the manifest; with `verify`, check every file's size and sha256."""
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleError(f"{root} is not a bundle: expected {MANIFEST} inside it")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{manifest_path} is larger than {MAX_MANIFEST_BYTES} bytes")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        bundle = cls(root, manifest)
+        bundle.validate()
+        if verify:
+            bundle.verify_files()
+        return bundle
+
+    def validate(self) -> None:
+        m = self.manifest
+        if not isinstance(m, dict):
+            raise BundleError(f"manifest must be a JSON object, got {type(m).__name__}")
+        missing = [k for k in REQUIRED if k not in m]
+        if missing:
+            raise BundleError(f"manifest lacks the fields {missing}")
+        if m["schema"] != SCHEMA:
+            raise BundleError(f"manifest schema is {m['schema']!r}, expected {SCHEMA!r}")
+        if m["schema_version"] != SCHEMA_VERSION:
+            raise BundleError(
+                f"manifest schema_version is {m['schema_version']!r}; this nitro-edge reads {SCHEMA_VERSION}"
+            )
+        if m["architecture"] not in ARCHITECTURES:
+            raise BundleError(f"architecture must be one of {ARCHITECTURES}, got {m['architecture']!r}")
+        try:
+            self.dims, self.params, self.specs = (
+                ModelDims.from_dict(m["dims"]),
+                SamplerParams.from_dict(m["sampler"]),
+                {n: ComponentSpec.from_dict(n, c) for n, c in m["components"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"manifest fields are malformed: {exc!r}") from exc
+        want = set(COMPONENTS[m["architecture"]])
+        if set(self.specs) != want:
+            raise BundleError(f"manifest components are {sorted(self.specs)}, expected {sorted(want)}")
+        if not isinstance(m["files"], dict):
+            raise BundleError("manifest 'files' must map paths to {sha256, bytes}")
+        for rel in m["files"]:
+            safe_relpath(self.root, rel)
+
+    def verify_files(self) -> None:
+        for rel, entry in self.manifest["files"].items():
+            path = safe_relpath(self.root, rel)
+            if not path.is_file():
+                raise BundleError(f"bundle file {rel} is missing")
+            if path.stat().st_size != entry.get("bytes"):
+                raise BundleError(f"bundle file {rel} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}")
+            if sha256_file(path) != entry.get("sha256"):
+                raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest")
+
+    def path(self, rel: str) -> Path:
+        if rel not in self.manifest["files"]:
+            raise BundleError(f"{rel} is not listed in the manifest's files")
+        return safe_relpath(self.root, rel)
+
+    @property
+    def architecture(self) -> str:
+        return self.manifest["architecture"]
+
+    def targets(self) -> dict[str, list[str]]:
+        """{target: [precisions]} available for every component."""
+        found: dict[str, set] = {}
+        for i, comp in enumerate(self.manifest["components"].values()):
+            here = {(t, p) for t, by_p in comp.get("artifacts", {}).items() for p in by_p}
+            found = here if i == 0 else found & here
+        out: dict[str, list[str]] = {}
+        for t, p in sorted(found):
+            out.setdefault(t, []).append(p)
+        return out
+
+    def artifact(self, component: str, target: str, precision: str) -> dict:
+        try:
+            return self.manifest["components"][component]["artifacts"][target][precision]
+        except KeyError:
+            raise BundleError(
+                f"bundle has no {target} {precision} artifact for {component}; it has {self.targets()}"
+            ) from None
+
+    def tokenizers(self) -> list[ClipTokenizer]:
+        out = []
+        for entry in self.manifest["tokenizers"]:
+            info = TokenizerInfo(max_length=int(entry["max_length"]), pad_token_id=int(entry["pad_token_id"]))
+            out.append(ClipTokenizer.from_file(self.path(entry["file"]), info))
+        return out
+
+
+def file_entries(root: Path) -> dict[str, dict]:
+    """{relative path: {sha256, bytes}} for every file under `root` except the manifest."""
+    entries = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(root).as_posix()
+        entries[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return entries

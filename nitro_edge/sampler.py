@@ -1,0 +1,126 @@
+"""The one sampler, written once in numpy over any backend's components.
+
+Noise stream (the contract every implementation reproduces for a seed):
+    rng = numpy.random.default_rng(seed)
+    first = rng.standard_normal((B, C, H/f, W/f), dtype=numpy.float32)   # initial latents
+    then one draw of the same shape before each re-noising between steps.
+Explicit `latents` replace the first draw (which is still drawn and discarded, so re-noising
+draws do not depend on whether latents were given).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nitro_edge.errors import InputError
+from nitro_edge.schedule import SamplerParams, check_steps
+from nitro_edge.specs import Component, ModelDims
+from nitro_edge.tokenizer import ClipTokenizer, check_prompts
+
+OUTPUTS = ("pil", "numpy")
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[np.random.Generator, np.ndarray]:
+    """The canonical generator for `seed` and its first draw (the initial latents)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    return rng, rng.standard_normal(shape, dtype=np.float32)
+
+
+class Sampler:
+    """Text to image in 1 to 4 steps with a one-step generator and the shifted LCM schedule.
+
+    generate() may be called from several threads; calls are serialised by one lock, since
+    backends differ in whether their sessions are re-entrant.
+    """
+
+    def __init__(
+        self,
+        *,
+        dims: ModelDims,
+        params: SamplerParams,
+        tokenizers: Sequence[ClipTokenizer],
+        components: dict[str, Component],
+        backend: str,
+    ):
+        self.dims = dims
+        self.params = params
+        self.tokenizers = list(tokenizers)
+        self.components = components
+        self.backend = backend
+        self._alphas = params.schedule.alphas_cumprod()
+        self._lock = threading.Lock()
+
+    @property
+    def architecture(self) -> str:
+        return self.dims.architecture
+
+    def encode(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The generator's text conditioning for a batch of prompts."""
+        names = ["text_encoder"] + [f"text_encoder_{i + 2}" for i in range(len(self.tokenizers) - 1)]
+        outs = [self.components[n](input_ids=tok(prompts)) for n, tok in zip(names, self.tokenizers)]
+        cond = {"encoder_hidden_states": np.concatenate([o["encoder_hidden_states"] for o in outs], axis=-1)}
+        if self.architecture == "sdxl":
+            # SDXL's micro-conditioning: original size, crop top-left, target size.
+            h, w = self.dims.height, self.dims.width
+            cond["text_embeds"] = outs[-1]["text_embeds"]
+            cond["time_ids"] = np.tile(np.array([h, w, 0, 0, h, w], dtype=np.float32), (len(prompts), 1))
+        return cond
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        steps: int = 1,
+        seed: int = 0,
+        latents: np.ndarray | None = None,
+        output: str = "pil",
+        progress: Callable[[int, int], None] | None = None,
+    ):
+        """Images for `prompts`: a list of PIL images, or float32 (B, H, W, 3) in [0, 1] for "numpy"."""
+        prompts = check_prompts(prompts)
+        check_steps(steps, self.params.original_inference_steps)
+        if output not in OUTPUTS:
+            raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+        shape = (len(prompts), *self.dims.latent_shape)
+        rng, sample = initial_noise(seed, shape)
+        if latents is not None:
+            sample = self._check_latents(latents, shape)
+        with self._lock:
+            images = self._run(prompts, steps, rng, sample, progress)
+        images = images.transpose(0, 2, 3, 1)
+        if output == "numpy":
+            return images
+        from PIL import Image
+
+        return [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+
+    def _run(self, prompts, steps, rng, sample, progress) -> np.ndarray:
+        cond = self.encode(prompts)
+        lcm_t = self.params.lcm_timesteps(steps)
+        gen_t = self.params.generator_timesteps(steps)
+        batch = len(prompts)
+        for i, t in enumerate(gen_t):
+            denoised = self.components["generator"](
+                sample=sample, timestep=np.full((batch,), t, dtype=np.int64), **cond
+            )["denoised"]
+            if i + 1 < steps:
+                # Re-noise toward the next, unshifted, LCM timestep.
+                noise = rng.standard_normal(sample.shape, dtype=np.float32)
+                a = self._alphas[lcm_t[i + 1]]
+                sample = (np.sqrt(a) * denoised + np.sqrt(1 - a) * noise).astype(np.float32)
+            else:
+                sample = denoised
+            if progress is not None:
+                progress(i + 1, steps)
+        return self.components["vae_decoder"](latents=sample)["image"]
+
+    @staticmethod
+    def _check_latents(latents: np.ndarray, shape: tuple) -> np.ndarray:
+        if not isinstance(latents, np.ndarray) or latents.shape != shape:
+            got = getattr(latents, "shape", type(latents).__name__)
+            raise InputError(f"latents must be a numpy array of shape {shape}, got {got}")
+        return latents.astype(np.float32, copy=False)

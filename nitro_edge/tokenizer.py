@@ -1,0 +1,78 @@
+"""CLIP byte-pair tokenisation with the `tokenizers` library, from a tokenizer.json file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nitro_edge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """How a tokenizer pads and truncates: what the manifest records beside tokenizer.json."""
+
+    max_length: int
+    pad_token_id: int
+
+
+class ClipTokenizer:
+    """Pads and truncates prompts to `max_length` ids exactly as diffusers' pipelines do."""
+
+    def __init__(self, backend, info: TokenizerInfo):
+        self._backend = backend
+        self.info = info
+        backend.enable_truncation(max_length=info.max_length)
+        backend.enable_padding(length=info.max_length, pad_id=info.pad_token_id)
+
+    @classmethod
+    def from_file(cls, path: str | Path, info: TokenizerInfo) -> "ClipTokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), info)
+
+    def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+        """Token ids, int64, shape (len(prompts), max_length)."""
+        encodings = self._backend.encode_batch(list(prompts))
+        for prompt, enc in zip(prompts, encodings):
+            if enc.overflowing:
+                log.warning(
+                    "prompt is longer than %d tokens and was truncated: %.60r...", self.info.max_length, prompt
+                )
+        return np.asarray([enc.ids for enc in encodings], dtype=np.int64)
+
+
+def check_prompts(prompts: str | Sequence[str]) -> list[str]:
+    """Normalise one prompt or a list of them; refuse an empty batch or a non-text prompt."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("expected at least one prompt, got an empty batch")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise InputError(f"each prompt must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise InputError("a prompt is empty: expected some text to describe the image")
+    return prompts
+
+
+def tokenizer_from_folder(folder: Path) -> tuple[object, TokenizerInfo]:
+    """A `tokenizers.Tokenizer` and its padding facts from a diffusers tokenizer folder.
+
+    Uses the folder's tokenizer.json when present; otherwise transformers converts the slow
+    CLIP files (vocab.json, merges.txt) to the fast form once.
+    """
+    from nitro_edge._lazy import require
+
+    transformers = require("transformers", "torch")
+    tok = transformers.CLIPTokenizerFast.from_pretrained(str(folder))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    max_length = int(tok.model_max_length) if tok.model_max_length < 10_000 else 77
+    return tok.backend_tokenizer, TokenizerInfo(max_length=max_length, pad_token_id=int(pad))

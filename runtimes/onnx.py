@@ -1,0 +1,50 @@
+"""ONNX Runtime backend: one InferenceSession per component, no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nitro_edge._lazy import require
+from nitro_edge.errors import BundleError, InputError
+from nitro_edge.specs import ComponentSpec, checked
+
+
+def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
+    """An ONNX Runtime session for one model file, with a BundleError if the file is unreadable."""
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 0:
+            raise InputError(f"threads must be a non-negative integer, got {threads!r}")
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = providers or ["CPUExecutionProvider"]
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise InputError(f"ONNX Runtime providers {unknown} are not available here; available: {available}")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise BundleError(f"ONNX Runtime cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
+
+
+def as_component(sess, spec: ComponentSpec):
+    names = [t.name for t in spec.outputs]
+
+    def call(**arrays: np.ndarray) -> dict:
+        outs = sess.run(names, {t.name: arrays[t.name] for t in spec.inputs})
+        return dict(zip(names, outs))
+
+    return checked(spec, call)
+
+
+def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None) -> dict:
+    """ONNX Runtime components for every component of `bundle` at `precision`."""
+    comps = {}
+    for name, spec in bundle.specs.items():
+        art = bundle.artifact(name, "onnx", precision)
+        comps[name] = as_component(session(bundle.path(art["file"]), providers, threads), spec)
+    return comps
