@@ -1,0 +1,1 @@
+"""NitroFusion dynamic adversarial distillation (see docs/training.md)."""

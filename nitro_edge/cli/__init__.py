@@ -1,0 +1,1 @@
+"""The nitro-edge command line (typer). Heavy imports live inside each command's body."""

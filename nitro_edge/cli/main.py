@@ -1,0 +1,150 @@
+"""Entry point: `nitro-edge export | generate | info`. A user mistake prints one line, exits 2."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nitro_edge.errors import NitroEdgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step text-to-image on device.")
+
+
+class Target(str, enum.Enum):
+    onnx = "onnx"
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, log_path=False)
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="diffusers pipeline folder (SD1.5, SD2.1, SDXL)"),
+    output: Path = typer.Option(..., "-o", "--output", help="bundle folder to write"),
+    target: Target = typer.Option(Target.onnx, "--target", help="artifact format"),
+    precision: Precision = typer.Option(Precision.fp32, "--precision"),
+    height: Optional[int] = typer.Option(None, "--height", help="image height (default: the model's)"),
+    width: Optional[int] = typer.Option(None, "--width", help="image width (default: the model's)"),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="UNet .safetensors replacing the source's"),
+    shift: Optional[int] = typer.Option(None, "--shift", help="timestep shift (NitroSD: 250 Realism, 500 Vibrant)"),
+) -> None:
+    """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
+    from nitro_edge.export import export_bundle
+
+    console = _console()
+    started = time.perf_counter()
+    with console.status("exporting") as status:
+
+        def report(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        export_bundle(source, output, targets=[target.value], precision=precision.value, height=height,
+                      width=width, unet=unet, shift=shift, report=report)
+    console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="what to draw"),
+    model: Path = typer.Option(..., "-m", "--model", help="bundle, or diffusers source folder (torch backend)"),
+    output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG to write (batch > 1: name-0.png, ...)"),
+    steps: int = typer.Option(1, "--steps", help="1 to 4"),
+    seed: int = typer.Option(0, "--seed"),
+    backend: Backend = typer.Option(Backend.auto, "--backend"),
+    batch: int = typer.Option(1, "--batch", help="images of this prompt in one batch"),
+    height: Optional[int] = typer.Option(None, "--height", help="source folders only"),
+    width: Optional[int] = typer.Option(None, "--width", help="source folders only"),
+    unet: Optional[Path] = typer.Option(None, "--unet", help="source folders only"),
+    shift: Optional[int] = typer.Option(None, "--shift", help="source folders only"),
+) -> None:
+    """Generate images for PROMPT with a bundle or a source folder."""
+    import nitro_edge
+    from nitro_edge.errors import InputError
+
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
+    if output.suffix.lower() != ".png":
+        raise InputError(f"--output must end in .png, got {output}")
+    console = _console()
+    with console.status("loading"):
+        sampler = nitro_edge.load(model, backend.value, unet=unet, shift=shift, height=height, width=width)
+    started = time.perf_counter()
+    with console.status(f"generating on {sampler.backend}"):
+        images = sampler.generate([prompt] * batch, steps=steps, seed=seed)
+    elapsed = time.perf_counter() - started
+    paths = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}.png") for i in range(batch)]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for image, path in zip(images, paths):
+        image.save(path)
+    console.print(f"{len(paths)} image(s) on {sampler.backend} in {elapsed:.2f} s: {', '.join(map(str, paths))}")
+
+
+@app.command()
+def info(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Describe a bundle: model, sampler, artifacts, parity, provenance."""
+    import json
+
+    from nitro_edge.bundle import Bundle
+
+    b = Bundle.open(bundle)
+    m = b.manifest
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    s = m["sampler"]
+    console.print(f"[bold]{bundle}[/bold]: {m['architecture']}, {b.dims.height}x{b.dims.width}, "
+                  f"shift {s['shift']} ({s.get('shift_source', '?')}), nitro-edge {m.get('nitro_edge_version')}")
+    prov = m.get("provenance", {})
+    console.print(f"source: {prov.get('source', {}).get('path')}  licence: {prov.get('licence') or 'unknown'}")
+    table = Table("component", "target", "precision", "file", "MB")
+    for name, comp in m["components"].items():
+        for target, by_precision in comp.get("artifacts", {}).items():
+            for precision, art in by_precision.items():
+                size = sum(m["files"][f]["bytes"] for f in [art["file"], *art.get("external_data", [])])
+                table.add_row(name, target, precision, art["file"], f"{size / 1e6:.1f}")
+    console.print(table)
+    for key, parity in m.get("parity", {}).items():
+        console.print(f"parity {key}: end-to-end {parity['end_to_end_psnr_db']} dB "
+                      f"(floor {parity['floor']['psnr_db']}), worst component max abs "
+                      f"{max(parity['component_max_abs'].values()):.2e}")
+
+
+def main() -> None:
+    """Console entry point: configure logging, run, and turn our errors into one line."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        app()  # typer reports its own usage errors (exit 2); ours arrive here
+    except NitroEdgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Layout and import hygiene: namespace, lazy torch, console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+
+
+def test_layers_install_under_the_namespace():
+    result = run_python("import nitro_edge.export, nitro_edge.runtimes, nitro_edge.training; print('ok')")
+    assert result.stdout.strip() == "ok", result.stderr
+    for generic in ("export", "runtimes", "training"):
+        result = run_python(f"import {generic}")
+        assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
+
+
+def test_core_and_onnx_runtime_import_no_torch(tiny_bundle):
+    bundle = tiny_bundle("sd15")
+    code = (
+        "import sys, nitro_edge\n"
+        f"s = nitro_edge.load({str(bundle)!r}, backend='onnx')\n"
+        "s.generate('a red circle', steps=2)\n"
+        "import nitro_edge.cli.main\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules\n"
+        "print('clean')"
+    )
+    result = run_python(code)
+    assert result.stdout.strip() == "clean", result.stderr
+
+
+def test_cli_help_imports_no_torch():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from nitro_edge.cli.main import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0 and 'export' in r.output, r.output\n"
+        "assert 'torch' not in sys.modules\n"
+        "print('clean')"
+    )
+    result = run_python(code)
+    assert result.stdout.strip() == "clean", result.stderr
