@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,6 +135,42 @@ def info(
         console.print(f"parity {key}: end-to-end {parity['end_to_end_psnr_db']} dB "
                       f"(floor {parity['floor']['psnr_db']}), worst component max abs "
                       f"{max(parity['component_max_abs'].values()):.2e}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (keys of TrainConfig)"),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="diffusers teacher pipeline folder"),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help=".txt, folder of .txt, .jsonl or .parquet"),
+    output: Optional[Path] = typer.Option(None, "--output", help="run folder (re-running resumes it)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set key=value"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and exit"),
+    precompute: int = typer.Option(0, "--precompute", help="fill teacher_cache with N teacher samples and exit"),
+) -> None:
+    """Distil a one-step student from TEACHER with NitroFusion's dynamic adversarial training."""
+    import json
+
+    from nitro_edge.training.config import load_config
+
+    overrides = {"teacher": teacher, "prompts": prompts, "output": output, "max_steps": max_steps}
+    cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}, set_)
+    if dry_run:
+        from nitro_edge.training.plan import plan
+
+        typer.echo(json.dumps(plan(cfg), indent=2))
+        return
+    cfg.validate()
+    if precompute:
+        from nitro_edge.training.plan import precompute as fill
+
+        fill(cfg, precompute, progress=lambda done, total: _console().log(f"teacher cache: {done}/{total}"))
+        return
+    from nitro_edge.training.train import train as run
+
+    student = run(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        _console().print(f"student pipeline: {student} (export it with `nitro-edge export {student} -o BUNDLE`)")
 
 
 def main() -> None:

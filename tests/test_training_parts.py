@@ -1,0 +1,156 @@
+"""Training components on tiny real models: backbone levels, pool, refresh, losses, config, data."""
+
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from nitro_edge.errors import InputError  # noqa: E402
+from nitro_edge.training.backbone import EncoderBackbone  # noqa: E402
+from nitro_edge.training.config import TrainConfig, load_config  # noqa: E402
+from nitro_edge.training.data import PromptSampler, read_prompts  # noqa: E402
+from nitro_edge.training.heads import TASKS, HeadPool, reset_optimizer_state  # noqa: E402
+from nitro_edge.training.losses import discriminator_loss, generator_loss  # noqa: E402
+
+
+def _fake_unet_config(block_out_channels, layers_per_block):
+    config = SimpleNamespace(block_out_channels=block_out_channels, layers_per_block=layers_per_block)
+    return SimpleNamespace(unet=SimpleNamespace(config=config))
+
+
+@pytest.mark.parametrize("channels, layers, levels", [
+    ((320, 640, 1280), 2, 10),           # SDXL: the 10 levels of METHOD.md
+    ((320, 640, 1280, 1280), 2, 13),     # SD1.5 / SD2.1
+])
+def test_level_count_for_real_layouts(channels, layers, levels):
+    layout = EncoderBackbone.channels.fget(_fake_unet_config(channels, layers))
+    strides = EncoderBackbone.strides.fget(_fake_unet_config(channels, layers))
+    assert len(layout) == len(strides) == levels
+    if levels == 10:
+        assert layout == [320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280]
+        assert [128 // s for s in strides] == [128, 128, 128, 64, 64, 64, 32, 32, 32, 32]
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_backbone_features_equal_the_unet_internals(arch, tiny_source):
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_source(arch) / "unet")
+    backbone = EncoderBackbone(unet)
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([10, 500])
+    hidden = torch.randn(2, 77, unet.config.cross_attention_dim)
+    added = {"text_embeds": torch.randn(2, 32), "time_ids": torch.randn(2, 6)} if arch == "sdxl" else None
+    captured = []
+    hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o)) for b in (*unet.down_blocks, unet.mid_block)]
+    with torch.no_grad():
+        unet(sample, t, hidden, added_cond_kwargs=added)
+        for h in hooks:
+            h.remove()
+        feats = backbone(sample, t, hidden, added)
+    expected = [unet.conv_in(sample)] + [r for out in captured[:-1] for r in out[1]] + [captured[-1]]
+    assert len(feats) == len(expected) == len(backbone.channels)
+    for f, e, ch, s in zip(feats, expected, backbone.channels, backbone.strides):
+        assert f.shape == e.shape and f.shape[1] == ch and f.shape[-1] == 8 // s
+        torch.testing.assert_close(f, e)
+
+
+def test_pool_partition_and_selection():
+    channels, sizes = [320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280], [4] * 10
+    pool = HeadPool(channels, sizes, (10, 250, 500, 750), pool_size=480, width=4)
+    assert len(pool) == 480 and pool.candidates == 4
+    per = {}
+    for slot in pool.slots:
+        per[(slot.timestep, slot.task)] = per.get((slot.timestep, slot.task), 0) + 1
+    assert set(per.values()) == {40} and len(per) == 12
+    for i, slot in enumerate(pool.slots):
+        assert pool.index(slot.timestep, slot.task, slot.level, i % 4) == i
+    gen = torch.Generator().manual_seed(0)
+    seen_t = set()
+    for _ in range(50):
+        t, picks = pool.select(gen)
+        seen_t.add(t)
+        assert set(picks) == set(TASKS)
+        for task, ids in picks.items():
+            assert [pool.slots[i].level for i in ids] == list(range(10))
+            assert all(pool.slots[i].timestep == t and pool.slots[i].task == task for i in ids)
+    assert seen_t == {10, 250, 500, 750}
+    same = pool.select(torch.Generator().manual_seed(3)), pool.select(torch.Generator().manual_seed(3))
+    assert same[0] == same[1]
+
+
+def test_refresh_reinitialises_heads_and_resets_their_optimizer_state():
+    pool = HeadPool([8, 16], [8, 4], (10, 500), pool_size=24, width=4)
+    opt = torch.optim.AdamW(pool.parameters(), lr=1e-2)
+    for p in pool.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [[p.detach().clone() for p in h.parameters()] for h in pool.heads]
+    reborn = pool.refresh(0.1, torch.Generator().manual_seed(0))
+    assert len(reborn) == round(0.1 * 24)
+    for i in reborn:
+        reset_optimizer_state(opt, pool.heads[i])
+        assert all(p not in opt.state for p in pool.heads[i].parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before[i], pool.heads[i].parameters()))
+    kept = next(i for i in range(len(pool)) if i not in reborn)
+    assert all(p in opt.state for p in pool.heads[kept].parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before[kept], pool.heads[kept].parameters()))
+    assert pool.refresh(0.0, torch.Generator()) == []
+
+
+@pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
+def test_loss_signs(kind):
+    hi, lo = torch.full((4,), 2.0), torch.full((4,), -2.0)
+    assert discriminator_loss(hi, lo, kind) < discriminator_loss(lo, hi, kind)   # right is cheaper
+    assert generator_loss(hi, kind) < generator_loss(lo, kind)                   # fooling is cheaper
+    fake = torch.zeros(4, requires_grad=True)
+    generator_loss(fake, kind).backward()
+    assert (fake.grad < 0).all()  # descending the loss raises the fake logits
+
+
+def test_config_from_yaml_and_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 7\nloss: non_saturating\ndisc_timesteps: [10, 500]\n")
+    cfg = load_config(path, {"max_steps": 9}, ["pool_size=24", "tf32=false", "refine_starts=[0, 5]"])
+    assert (cfg.max_steps, cfg.loss, cfg.disc_timesteps, cfg.pool_size, cfg.tf32, cfg.refine_starts) == (
+        9, "non_saturating", [10, 500], 24, False, [0, 5])
+    with pytest.raises(InputError, match="unknown config keys"):
+        load_config(None, sets=["nope=1"])
+    with pytest.raises(InputError, match="pool_size must be int, got 'many'"):
+        load_config(None, sets=["pool_size=many"])
+    with pytest.raises(InputError, match="--set expects key=value"):
+        load_config(None, sets=["pool_size"])
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"loss": "wgan"}, "loss must be one of"),
+    ({"refresh_rate": 1.5}, "refresh_rate"),
+    ({"refine_starts": [5]}, "refine_starts must start at 0"),
+    ({"pool_size": 3}, "too small"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ({"resolution": 100}, "multiple of 64"),
+])
+def test_impossible_configs_fail_before_loading(change, match):
+    with pytest.raises(InputError, match=match):
+        TrainConfig(**change).validate(need_paths=False)
+
+
+def test_prompt_formats_and_deterministic_order(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "three"}\n{"prompt": "four"}\n')
+    assert read_prompts(tmp_path / "a.txt") == ["one", "two"]
+    assert read_prompts(tmp_path / "p.jsonl") == ["three", "four"]
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "x.txt").write_text("five\n")
+    assert read_prompts(folder) == ["five"]
+    with pytest.raises(InputError, match="expected a JSON object with a 'prompt' field"):
+        (tmp_path / "bad.jsonl").write_text("[1]\n")
+        read_prompts(tmp_path / "bad.jsonl")
+    sampler = PromptSampler([str(i) for i in range(10)], seed=1)
+    epoch0 = [sampler.batch(s, 2) for s in range(5)]
+    assert sorted(p for b in epoch0 for p in b) == [str(i) for i in range(10)]
+    assert PromptSampler([str(i) for i in range(10)], seed=1).batch(3, 2) == epoch0[3]
+    ranks = [PromptSampler([str(i) for i in range(10)], 1).batch(0, 2, rank=r, world=2) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1])

@@ -1,0 +1,101 @@
+"""Discriminator heads and the dynamic pool that holds them.
+
+A head is a small stack of 4x4 stride-2 conv, GroupNorm, SiLU ending in a 1-channel logit map,
+reading one backbone level. The pool holds `candidates` heads for every
+(discriminator timestep, task, level) slot; each iteration trains one candidate per
+(task, level) at one sampled timestep, and re-initialises a small fraction of all heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TASKS = ("global_cond", "local_cond", "local_uncond")
+
+
+class Head(nn.Module):
+    """Conv4x4/2 -> GroupNorm -> SiLU, repeated down to about `min_size`, then a 1x1 conv to logits."""
+
+    def __init__(self, in_channels: int, size: int, width: int = 64, min_size: int = 4, groups: int = 8):
+        super().__init__()
+        layers, ch = [], in_channels
+        while True:
+            layers += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.GroupNorm(math.gcd(groups, width), width), nn.SiLU()]
+            ch, size = width, max(1, size // 2)
+            if size <= min_size:
+                break
+        layers.append(nn.Conv2d(ch, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.net(feature)
+
+    def reset(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+@dataclass(frozen=True)
+class Slot:
+    timestep: int
+    task: str
+    level: int
+
+
+class HeadPool(nn.Module):
+    """All heads, indexed by slot; `select` and `refresh` draw from a generator shared by all ranks."""
+
+    def __init__(self, channels: list[int], sizes: list[int], timesteps: tuple[int, ...], pool_size: int,
+                 width: int = 64, local_fraction: float = 0.5):
+        super().__init__()
+        self.timesteps, self.levels = tuple(timesteps), len(channels)
+        n_slots = len(timesteps) * len(TASKS) * self.levels
+        self.candidates = max(1, pool_size // n_slots)
+        self.slots: list[Slot] = []
+        heads = []
+        for t in self.timesteps:
+            for task in TASKS:
+                for level, (ch, size) in enumerate(zip(channels, sizes)):
+                    local_size = max(1, int(size * local_fraction)) if task != "global_cond" else size
+                    for _ in range(self.candidates):
+                        self.slots.append(Slot(t, task, level))
+                        heads.append(Head(ch, local_size, width))
+        self.heads = nn.ModuleList(heads)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def index(self, timestep: int, task: str, level: int, candidate: int) -> int:
+        per_t = len(TASKS) * self.levels * self.candidates
+        return (self.timesteps.index(timestep) * per_t + TASKS.index(task) * self.levels * self.candidates
+                + level * self.candidates + candidate)
+
+    def select(self, generator: torch.Generator, tasks=TASKS) -> tuple[int, dict[str, list[int]]]:
+        """One discriminator timestep and, per task, one head index per level."""
+        t = self.timesteps[int(torch.randint(len(self.timesteps), (1,), generator=generator))]
+        picks = {}
+        for task in tasks:
+            cands = torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
+            picks[task] = [self.index(t, task, level, c) for level, c in enumerate(cands)]
+        return t, picks
+
+    def refresh(self, fraction: float, generator: torch.Generator) -> list[int]:
+        """Re-initialise round(fraction * len) random heads (at least one if fraction > 0)."""
+        if fraction <= 0:
+            return []
+        count = max(1, round(fraction * len(self)))
+        chosen = torch.randperm(len(self), generator=generator)[:count].tolist()
+        for i in chosen:
+            self.heads[i].reset()
+        return chosen
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+    """Forget the optimiser's moments for `module`'s parameters (Adam re-creates them at zero)."""
+    for p in module.parameters():
+        optimizer.state.pop(p, None)
