@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nitro_edge.errors import InputError
+from nitro_edge.training.heads import TASKS
 from nitro_edge.training.losses import LOSSES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -43,6 +44,7 @@ class TrainConfig:
     head_width: int = 64
     refresh_rate: float = 0.01
     local_fraction: float = 0.5  # side of a local crop, as a fraction of each feature map
+    tasks: list = field(default_factory=lambda: list(TASKS))  # head tasks in the pool (ablations drop some)
     loss: str = "hinge"
     r1_weight: float = 0.0
     r1_sigma: float = 0.01
@@ -83,8 +85,10 @@ class TrainConfig:
             bad(f"refine_starts must start at 0, increase, and have at most 4 entries, got {starts}")
         if not self.disc_timesteps or not all(0 <= t < 1000 for t in self.disc_timesteps):
             bad(f"disc_timesteps must be timesteps in [0, 1000), got {self.disc_timesteps}")
-        if self.pool_size < len(self.disc_timesteps) * 3:
-            bad(f"pool_size {self.pool_size} is too small for {len(self.disc_timesteps)} timesteps x 3 tasks")
+        if not self.tasks or any(t not in TASKS for t in self.tasks) or len(set(self.tasks)) != len(self.tasks):
+            bad(f"tasks must be distinct names from {TASKS}, got {self.tasks}")
+        if self.pool_size < len(self.disc_timesteps) * len(self.tasks):
+            bad(f"pool_size {self.pool_size} is too small for {len(self.disc_timesteps)} timesteps x {len(self.tasks)} tasks")
         if not 0 <= self.refresh_rate < 1:
             bad(f"refresh_rate must be in [0, 1), got {self.refresh_rate}")
         if not 0 < self.local_fraction <= 1:

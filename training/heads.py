@@ -51,15 +51,15 @@ class HeadPool(nn.Module):
     """All heads, indexed by slot; `select` and `refresh` draw from a generator shared by all ranks."""
 
     def __init__(self, channels: list[int], sizes: list[int], timesteps: tuple[int, ...], pool_size: int,
-                 width: int = 64, local_fraction: float = 0.5):
+                 width: int = 64, local_fraction: float = 0.5, tasks: tuple[str, ...] = TASKS):
         super().__init__()
-        self.timesteps, self.levels = tuple(timesteps), len(channels)
-        n_slots = len(timesteps) * len(TASKS) * self.levels
+        self.timesteps, self.levels, self.tasks = tuple(timesteps), len(channels), tuple(tasks)
+        n_slots = len(timesteps) * len(self.tasks) * self.levels
         self.candidates = max(1, pool_size // n_slots)
         self.slots: list[Slot] = []
         heads = []
         for t in self.timesteps:
-            for task in TASKS:
+            for task in self.tasks:
                 for level, (ch, size) in enumerate(zip(channels, sizes)):
                     local_size = max(1, int(size * local_fraction)) if task != "global_cond" else size
                     for _ in range(self.candidates):
@@ -71,15 +71,15 @@ class HeadPool(nn.Module):
         return len(self.heads)
 
     def index(self, timestep: int, task: str, level: int, candidate: int) -> int:
-        per_t = len(TASKS) * self.levels * self.candidates
-        return (self.timesteps.index(timestep) * per_t + TASKS.index(task) * self.levels * self.candidates
+        per_t = len(self.tasks) * self.levels * self.candidates
+        return (self.timesteps.index(timestep) * per_t + self.tasks.index(task) * self.levels * self.candidates
                 + level * self.candidates + candidate)
 
-    def select(self, generator: torch.Generator, tasks=TASKS) -> tuple[int, dict[str, list[int]]]:
+    def select(self, generator: torch.Generator) -> tuple[int, dict[str, list[int]]]:
         """One discriminator timestep and, per task, one head index per level."""
         t = self.timesteps[int(torch.randint(len(self.timesteps), (1,), generator=generator))]
         picks = {}
-        for task in tasks:
+        for task in self.tasks:
             cands = torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
             picks[task] = [self.index(t, task, level, c) for level, c in enumerate(cands)]
         return t, picks

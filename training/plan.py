@@ -32,12 +32,12 @@ def plan(cfg: TrainConfig) -> dict:
         vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         latent = (cfg.resolution or unet.config.sample_size * vae_scale) // vae_scale
         sizes = [max(1, latent // s) for s in backbone.strides]
-        pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size, cfg.head_width, cfg.local_fraction)
+        pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size, cfg.head_width, cfg.local_fraction, tuple(cfg.tasks))
     unet_params = sum(p.numel() for p in unet.parameters())
     text_params = sum(p.numel() for enc in encoders for p in enc.parameters())
     vae_params = sum(p.numel() for p in vae.parameters())
     head_params = [sum(p.numel() for p in h.parameters()) for h in pool.heads]
-    active_per_step = 3 * pool.levels
+    active_per_step = len(pool.tasks) * pool.levels
     frozen = (unet_params + text_params + vae_params) * BYTES[cfg.mixed_precision]
     # Student and heads: fp32 weights, grads and two AdamW moments (16 B/param); EMA 4 B/param.
     trainable = unet_params * (16 + 4) + sum(head_params) * 4 + active_per_step * max(head_params) * 12
@@ -62,8 +62,8 @@ def plan(cfg: TrainConfig) -> dict:
 
 
 def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=None) -> Path:
-    """Fill cfg.teacher_cache with `total` (noise, x0, conditioning) samples for prompts 0..total-1
-    of the run's order (step-major, rank 0, one process); resumable."""
+    """Fill cfg.teacher_cache with `total` (noise, x0, conditioning) samples; sample i uses prompt
+    i mod len(prompts) and noise seeded by i, so the cache is the same however it is resumed."""
     import torch
 
     from nitro_edge.runtimes.torch import load_modules
@@ -84,7 +84,7 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     empty = conditioner([""], "cpu")
 
     def make(idx: list[int]) -> dict:
-        texts = [prompts.prompts[i] for i in idx]
+        texts = [prompts.prompts[i % len(prompts.prompts)] for i in idx]
         cond = conditioner(texts, "cpu")
         gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in idx]
         noise = torch.stack([torch.randn(dims.latent_shape, generator=g) for g in gens])

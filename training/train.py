@@ -26,7 +26,7 @@ from nitro_edge.training import checkpoint
 from nitro_edge.training.backbone import EncoderBackbone
 from nitro_edge.training.config import TrainConfig
 from nitro_edge.training.data import PromptSampler, read_prompts
-from nitro_edge.training.heads import TASKS, HeadPool, reset_optimizer_state
+from nitro_edge.training.heads import HeadPool, reset_optimizer_state
 from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     latent_h = dims.latent_shape[1]
     sizes = [max(1, latent_h // s) for s in backbone.strides]
     pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size,
-                    cfg.head_width, cfg.local_fraction).to(device)
+                    cfg.head_width, cfg.local_fraction, tuple(cfg.tasks)).to(device)
     ages = torch.zeros(len(pool), dtype=torch.int64)
     betas = tuple(cfg.adam_betas)
     opt_g = torch.optim.AdamW(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
@@ -101,6 +101,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     # generator), so their gradients are averaged by hand, and idle heads cost no communication.
     student, opt_g, opt_d = acc.prepare(student, opt_g, opt_d)
     prompts = PromptSampler(read_prompts(cfg.prompts), cfg.seed)
+    # With a cache, the data are its samples: draw a per-epoch permutation of them instead.
+    order = PromptSampler([""] * len(cache), cfg.seed) if cache is not None else prompts
     empty = conditioner([""], device)
     writer = _writer(out, acc)
     bar = _progress(cfg.max_steps, start, acc.is_main_process and progress)
@@ -111,25 +113,25 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         shared = step_generator(cfg.seed, step, -1)      # the same on every rank: heads, k, refresh
         t_star, picks = pool.select(shared)
         active = sorted({i for ids in picks.values() for i in ids})
-        stats = {f"loss_d/{task}/t{t_star}": 0.0 for task in TASKS} | {f"loss_g/{task}/t{t_star}": 0.0 for task in TASKS}
+        stats = {f"loss_{side}/{task}/t{t_star}": 0.0 for side in "dg" for task in pool.tasks}
 
         for micro in range(cfg.gradient_accumulation):
             sync = micro == cfg.gradient_accumulation - 1
             # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
-            sample_ids = prompts.indices(step * cfg.gradient_accumulation + micro, cfg.batch_size, rank, world)
-            batch = [prompts.prompts[i] for i in sample_ids]
+            sample_ids = order.indices(step * cfg.gradient_accumulation + micro, cfg.batch_size, rank, world)
+            n = len(sample_ids)
             if cache is not None:
                 items = [cache.get(i) for i in sample_ids]
                 noise = torch.stack([it["noise"] for it in items]).to(device)
                 real = torch.stack([it["x0"] for it in items]).to(device)
                 cond = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k not in ("noise", "x0")}
             else:
-                cond = conditioner(batch, device)
-                noise = torch.randn((len(batch), *dims.latent_shape), generator=gen).to(device)
-                uncond = {k: v.expand(len(batch), *v.shape[1:]) for k, v in empty.items()}
+                cond = conditioner([prompts.prompts[i] for i in sample_ids], device)
+                noise = torch.randn((n, *dims.latent_shape), generator=gen).to(device)
+                uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
                 with acc.autocast():
                     real = teacher(noise.to(weight_dtype), cond, uncond).float()
-            uncond = {k: v.expand(len(batch), *v.shape[1:]) for k, v in empty.items()}
+            uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
 
             # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k is
             # drawn from the shared generator, since DDP needs the same forwards on every rank.
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             # 3. Discriminator: both noised to t* with the same noise; features without grad.
             eps = torch.randn(noise.shape, generator=gen).to(device)
             corner = crop_window(cfg.local_fraction, gen)
-            t_batch = torch.full((len(batch),), t_star, dtype=torch.int64, device=device)
+            t_batch = torch.full((n,), t_star, dtype=torch.int64, device=device)
             with torch.no_grad(), acc.autocast():
                 noisy_real = add_noise(real, eps, t_star, alphas)
                 feats = {

@@ -1,0 +1,1 @@
+"""Scripted experiments and the recipe that builds the embedded default model."""
