@@ -1,5 +1,5 @@
-"""export_bundle: a source in, a verified bundle out, written aside and moved into place only
-after every artifact passed its parity check."""
+"""export_bundle: a source in, a verified bundle out. Everything is written aside and moved
+into place only after every artifact passed its parity gate."""
 
 from __future__ import annotations
 
@@ -17,16 +17,26 @@ import numpy as np
 
 import nitro_edge
 from nitro_edge.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, file_entries, is_bundle
-from nitro_edge.errors import BundleError, InputError
-from nitro_edge.export.parity import compare_components, compare_images
+from nitro_edge.errors import BundleError, InputError, ParityError
+from nitro_edge.export.component import ComponentSource
+from nitro_edge.export.parity import compare_component, compare_images
 from nitro_edge.sampler import Sampler, initial_noise
 from nitro_edge.sources import Source, resolve_source
 from nitro_edge.specs import COMPONENTS, FLOORS, component_specs
 
 log = logging.getLogger(__name__)
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "openvino", "coreml")
 PARITY_PROMPTS = ("a red circle at the top left", "a photograph of an astronaut riding a horse")
+CALIBRATION_PROMPTS = (
+    "a red circle at the top left", "a blue square in the centre", "a portrait photo of an old man",
+    "a watercolour landscape with mountains", "a cat sitting on a sofa", "a city street at night, neon lights",
+    "a bowl of fruit on a wooden table", "an astronaut riding a horse",
+)
 PARITY_SEED = 0
+
+
+def target_precisions(target: str) -> tuple[str, ...]:
+    return importlib.import_module(f"nitro_edge.export.{target}").PRECISIONS
 
 
 def export_bundle(
@@ -39,21 +49,27 @@ def export_bundle(
     width: int | None = None,
     unet: str | Path | None = None,
     shift: int | None = None,
+    tiny_vae: str | Path | None = None,
     report: Callable[[str], None] = log.info,
 ) -> Path:
     """Export `source` to the bundle folder `out` for each target at `precision`; returns `out`.
 
-    If `out` is already a bundle of the same model and settings, the new artifacts are added to it.
+    If `out` is already a bundle of the same model and settings, the new artifacts join it.
     Nothing appears at `out` unless every artifact passes its parity gate.
     """
+    targets = list(targets)
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
-        raise InputError(f"targets must be among {TARGETS}, got {list(targets)}")
+        raise InputError(f"targets must be among {TARGETS}, got {targets}")
     if precision not in FLOORS:
         raise InputError(f"precision must be one of {tuple(FLOORS)}, got {precision!r}")
+    unsupported = [t for t in targets if precision not in target_precisions(t)]
+    if unsupported:
+        raise InputError(f"precision {precision} is not available for {unsupported}: "
+                         + "; ".join(f"{t}: {', '.join(target_precisions(t))}" for t in unsupported))
     out = Path(out)
     existing = _existing_bundle(out)
-    src = resolve_source(source, unet=unet, shift=shift)
+    src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae)
     from nitro_edge.runtimes import torch as torch_rt
 
     report(f"loading {src.architecture} source {src.path}")
@@ -61,29 +77,29 @@ def export_bundle(
     specs = component_specs(dims)
     reference = {n: torch_rt.as_component(modules[n], specs[n]) for n in COMPONENTS[dims.architecture]}
     ref_sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=reference, backend="torch")
-    examples = _component_inputs(ref_sampler)
+    examples = _component_inputs(ref_sampler, list(PARITY_PROMPTS))
+    calibration = _calibration_inputs(ref_sampler) if precision == "int8-hybrid" else {}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch = out.parent / f".{out.name}.scratch-{os.getpid()}"
+    for path in (tmp, scratch):
+        shutil.rmtree(path, ignore_errors=True)
     try:
         manifest = _start_manifest(existing, tmp, src, dims, tokenizers, specs)
+        sources = {n: ComponentSource(specs[n], modules[n], _first(examples[n]), calibration.get(n, []), scratch)
+                   for n in COMPONENTS[dims.architecture]}
         ref_images = ref_sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
         for target in targets:
             exporter = importlib.import_module(f"nitro_edge.export.{target}")
-            folder = tmp / target / precision
-            for name in COMPONENTS[dims.architecture]:
+            for name, component in sources.items():
                 started = time.perf_counter()
                 report(f"{target} {precision}: exporting {name}")
-                files = exporter.export(modules[name], specs[name], _first(examples[name]), folder, precision)
-                manifest["components"][name].setdefault("artifacts", {}).setdefault(target, {})[precision] = {
-                    "file": files[0].relative_to(tmp).as_posix(),
-                    "external_data": [f.relative_to(tmp).as_posix() for f in files[1:]],
-                }
+                _record(manifest, tmp, name, target, precision, precision,
+                        exporter.export(component, tmp / target / precision, precision))
                 report(f"{target} {precision}: {name} written in {time.perf_counter() - started:.1f} s")
             manifest["parity"][f"{target}/{precision}"] = _gate(
-                tmp, manifest, target, precision, reference, examples, ref_images, report
-            )
+                tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, report)
         manifest["files"] = file_entries(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         Bundle.open(tmp)  # the bundle we are about to publish must read back
@@ -91,8 +107,28 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     report(f"bundle written: {out}")
     return out
+
+
+def _record(manifest, tmp: Path, name, target, precision, actual, files, reason=None) -> None:
+    entry = {"path": _package_root(files[0], tmp).relative_to(tmp).as_posix(),
+             "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual}
+    if reason:
+        entry["fallback_reason"] = reason
+    manifest["components"][name].setdefault("artifacts", {}).setdefault(target, {})[precision] = entry
+
+
+def _package_root(first: Path, tmp: Path) -> Path:
+    """The path a runtime opens: the file itself, or the .mlpackage folder that holds it."""
+    for parent in [first, *first.parents]:
+        if parent.suffix == ".mlpackage":
+            return parent
+        if parent == tmp:
+            break
+    return first
 
 
 def _existing_bundle(out: Path) -> Bundle | None:
@@ -108,11 +144,10 @@ def _existing_bundle(out: Path) -> Bundle | None:
 def _start_manifest(existing, tmp: Path, src: Source, dims, tokenizers, specs) -> dict:
     """A manifest for this export: a copy of the existing bundle's, or a new one."""
     if existing is not None:
-        same = (existing.dims == dims, existing.params == src.params)
-        if not all(same):
+        same_decoder = existing.manifest.get("provenance", {}).get("source", {}).get("tiny_vae") == src.describe()["tiny_vae"]
+        if existing.dims != dims or existing.params != src.params or not same_decoder:
             raise BundleError(
-                f"{existing.root} was exported with other settings (dims or sampler parameters); "
-                "export into a new folder"
+                f"{existing.root} was exported with other settings (size, sampler or decoder); export into a new folder"
             )
         shutil.copytree(existing.root, tmp)
         (tmp / MANIFEST).unlink()
@@ -147,19 +182,29 @@ def _start_manifest(existing, tmp: Path, src: Source, dims, tokenizers, specs) -
     }
 
 
-def _component_inputs(sampler: Sampler) -> dict[str, dict[str, np.ndarray]]:
-    """Real inputs for each component (batch 2) from a torch run of the parity prompts."""
-    prompts = list(PARITY_PROMPTS)
+def _component_inputs(sampler: Sampler, prompts: list[str], seed: int = PARITY_SEED, step: int = 0,
+                      steps: int = 1) -> dict[str, dict[str, np.ndarray]]:
+    """Real inputs of each component for `prompts` at one step of a torch sampling run."""
     ids = [tok(prompts) for tok in sampler.tokenizers]
     inputs = {"text_encoder": {"input_ids": ids[0]}}
     if len(ids) > 1:
         inputs["text_encoder_2"] = {"input_ids": ids[1]}
     cond = sampler.encode(prompts)
-    _, sample = initial_noise(PARITY_SEED, (len(prompts), *sampler.dims.latent_shape))
-    t = sampler.params.generator_timesteps(1)[0]
+    _, sample = initial_noise(seed, (len(prompts), *sampler.dims.latent_shape))
+    t = sampler.params.generator_timesteps(steps)[step]
     inputs["generator"] = {"sample": sample, "timestep": np.full((len(prompts),), t, dtype=np.int64), **cond}
     inputs["vae_decoder"] = {"latents": sampler.components["generator"](**inputs["generator"])["denoised"]}
     return inputs
+
+
+def _calibration_inputs(sampler: Sampler) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Batch-1 inputs from the calibration prompts, at every timestep of a 2-step run."""
+    out: dict[str, list] = {}
+    for i, prompt in enumerate(CALIBRATION_PROMPTS):
+        for step in (0, 1):
+            for name, arrays in _component_inputs(sampler, [prompt], seed=i, step=step, steps=2).items():
+                out.setdefault(name, []).append(arrays)
+    return out
 
 
 def _first(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,27 +212,53 @@ def _first(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[:1] for k, v in arrays.items()}
 
 
-def _gate(tmp, manifest, target, precision, reference, examples, ref_images, report) -> dict:
-    """Load the new artifacts with their runtime and hold them against torch."""
-    bundle = Bundle(tmp, {**manifest, "files": file_entries(tmp)})
-    bundle.validate()
+def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, report) -> dict:
+    """Load the new artifacts with their runtime and hold them against torch. A component that
+    fails at fp16 (overflow: NaN, Inf, collapsed SNR) is re-exported at fp32 and recorded so."""
     runtime = importlib.import_module(f"nitro_edge.runtimes.{target}")
+    bundle = _draft(tmp, manifest)
+    if target == "coreml" and not runtime.available():
+        spec_report = runtime.check_spec(bundle, precision)
+        report(f"coreml {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
+               "(Core ML predicts on macOS only)")
+        return {"numeric": False, "reason": "Core ML prediction needs macOS; the spec was checked", "spec": spec_report}
     candidate = runtime.load(bundle, precision)
-    errors = compare_components(reference, candidate, examples, precision)
+    errors = {}
+    for name in list(sources):
+        try:
+            errors[name] = compare_component(name, reference[name], candidate[name], examples[name], precision)
+        except ParityError as exc:
+            if precision != "fp16":
+                raise
+            report(f"{target} fp16: {name} fails parity ({exc}); keeping it in fp32")
+            _record(manifest, tmp, name, target, precision, "fp32",
+                    exporter.export(sources[name], tmp / target / precision, "fp32"), reason=str(exc))
+            bundle = _draft(tmp, manifest)
+            candidate = runtime.load(bundle, precision)
+            errors[name] = compare_component(name, reference[name], candidate[name], examples[name], "fp32")
     sampler = Sampler(dims=bundle.dims, params=bundle.params, tokenizers=bundle.tokenizers(),
                       components=candidate, backend=target)
     images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
     psnr = compare_images(ref_images, images, precision, f"{target} {precision}")
-    report(f"{target} {precision}: parity passed, end-to-end {psnr:.1f} dB, worst component "
-           f"max abs {max(errors.values()):.2e}")
+    worst = min(e["snr_db"] for e in errors.values())
+    report(f"{target} {precision}: parity passed, end-to-end {psnr:.1f} dB, worst component SNR {worst:.1f} dB")
+    floor = FLOORS[precision]
     return {
-        "component_max_abs": errors,
+        "numeric": True,
+        "components": errors,
         "end_to_end_psnr_db": round(psnr, 2),
-        "floor": {"component_max_abs": FLOORS[precision].component_max_abs, "psnr_db": FLOORS[precision].psnr_db},
+        "floor": {"psnr_db": floor.psnr_db, "component_snr_db": floor.component_snr_db,
+                  "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs},
         "prompts": list(PARITY_PROMPTS),
         "seed": PARITY_SEED,
         "steps": 1,
     }
+
+
+def _draft(tmp: Path, manifest: dict) -> Bundle:
+    bundle = Bundle(tmp, {**manifest, "files": file_entries(tmp)})
+    bundle.validate()
+    return bundle
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

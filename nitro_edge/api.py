@@ -5,16 +5,33 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import platform
 from pathlib import Path
 
 from nitro_edge.bundle import Bundle, is_bundle
 from nitro_edge.errors import InputError, MissingExtraError, SourceError
-from nitro_edge.runtimes import BACKENDS, TARGETS
+from nitro_edge.runtimes import BACKENDS, REQUIRES, TARGETS
 from nitro_edge.sampler import Sampler
 from nitro_edge.sources import is_pipeline_folder, resolve_source
 
 log = logging.getLogger(__name__)
-AUTO_ORDER = ("onnx",)  # later: coreml on macOS, openvino on Intel
+
+
+
+def auto_order() -> tuple[str, ...]:
+    """Backends to try, best first: Core ML on macOS, OpenVINO on Intel CPUs, ONNX Runtime elsewhere."""
+    if platform.system() == "Darwin":
+        return ("coreml", "onnx", "openvino")
+    if _intel_cpu():
+        return ("openvino", "onnx")
+    return ("onnx", "openvino")
+
+
+def _intel_cpu() -> bool:
+    try:
+        return "GenuineIntel" in Path("/proc/cpuinfo").read_text(errors="replace")[:4096]
+    except OSError:
+        return "intel" in platform.processor().lower()
 
 
 def _backend_module(backend: str):
@@ -30,13 +47,12 @@ def _backend_module(backend: str):
 def choose_backend(bundle: Bundle, precision: str) -> str:
     """The best backend that is installed and has artifacts in the bundle at `precision`."""
     targets = bundle.targets()
-    for backend in AUTO_ORDER:
-        extra_module = {"onnx": "onnxruntime"}[backend]
-        if precision in targets.get(TARGETS[backend], []) and importlib.util.find_spec(extra_module):
+    for backend in auto_order():
+        if precision in targets.get(TARGETS[backend], []) and importlib.util.find_spec(REQUIRES[backend]):
             return backend
     raise InputError(
         f"no installed backend can run this bundle at {precision}: it holds {targets}; "
-        "install one with `pip install 'nitro-edge[onnx]'`"
+        "install one with `pip install 'nitro-edge[onnx]'` or `pip install 'nitro-edge[openvino]'`"
     )
 
 
@@ -66,7 +82,7 @@ def load(
         bundle = Bundle.open(path)
         if backend == "auto":
             backend = choose_backend(bundle, precision)
-            log.info("backend auto chose %s", backend)
+            log.info("backend auto chose %s (%s)", backend, precision)
         components = _backend_module(backend).load(bundle, precision, **options)
         return Sampler(
             dims=bundle.dims,

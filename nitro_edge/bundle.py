@@ -143,6 +143,16 @@ class Bundle:
                 f"bundle has no {target} {precision} artifact for {component}; it has {self.targets()}"
             ) from None
 
+    def artifact_path(self, component: str, target: str, precision: str) -> Path:
+        """The path a runtime opens (a file, or a package folder), after checking its files are listed."""
+        art = self.artifact(component, target, precision)
+        for rel in art.get("files", []):
+            self.path(rel)
+        path = safe_relpath(self.root, art["path"])
+        if not path.exists():
+            raise BundleError(f"{art['path']} is missing from the bundle")
+        return path
+
     def tokenizers(self) -> list[ClipTokenizer]:
         out = []
         for entry in self.manifest["tokenizers"]:

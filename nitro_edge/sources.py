@@ -32,6 +32,7 @@ class Source:
     params: SamplerParams
     shift_source: str  # "argument", "scheduler_config" or "default"
     licence: str | None
+    tiny_vae: Path | None = None  # an AutoencoderTiny folder replacing the VAE decoder
 
     def describe(self) -> dict:
         return {
@@ -40,6 +41,7 @@ class Source:
             "architecture": self.architecture,
             "shift_source": self.shift_source,
             "licence": self.licence,
+            "tiny_vae": str(self.tiny_vae) if self.tiny_vae else None,
         }
 
 
@@ -54,7 +56,8 @@ def is_pipeline_folder(path: Path) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
-def resolve_source(path: str | Path, unet: str | Path | None = None, shift: int | None = None) -> Source:
+def resolve_source(path: str | Path, unet: str | Path | None = None, shift: int | None = None,
+                   tiny_vae: str | Path | None = None) -> Source:
     """Recognise `path` (and `unet`), or raise SourceError saying what was found and what is expected."""
     path = Path(path)
     expected = "expected a diffusers SD1.5, SD2.1 or SDXL pipeline folder (with model_index.json)"
@@ -98,7 +101,19 @@ def resolve_source(path: str | Path, unet: str | Path | None = None, shift: int 
     else:
         shift_value, shift_source = DEFAULT_SHIFT, "default"
     params = SamplerParams(schedule=schedule, shift=shift_value)
-    return Source(path, architecture, unet_file, params, shift_source, _licence(path, unet_file))
+    return Source(path, architecture, unet_file, params, shift_source, _licence(path, unet_file),
+                  _tiny_vae(tiny_vae))
+
+
+def _tiny_vae(folder: str | Path | None) -> Path | None:
+    """An AutoencoderTiny (TAESD family) folder, checked by its config."""
+    if folder is None:
+        return None
+    folder = Path(folder)
+    config = folder / "config.json"
+    if not config.is_file() or _read_json(config).get("_class_name") != "AutoencoderTiny":
+        raise SourceError(f"--tiny-vae must be a diffusers AutoencoderTiny folder (config.json), got {folder}")
+    return folder
 
 
 def _sd_version(path: Path) -> str:

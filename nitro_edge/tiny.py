@@ -133,3 +133,16 @@ def build_tiny_pipeline(arch: str, out: str | Path, seed: int = 0, sample_size: 
         )
     pipe.save_pretrained(str(out))
     return out
+
+
+def build_tiny_autoencoder_tiny(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight AutoencoderTiny (TAESD layout, 8x downscale) saved as a diffusers folder."""
+    torch = require("torch", "torch")
+    diffusers = require("diffusers", "torch")
+    torch.manual_seed(seed)
+    vae = diffusers.AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    )
+    vae.save_pretrained(str(out))
+    return Path(out)

@@ -45,6 +45,6 @@ def load(bundle, precision: str = "fp32", providers: list[str] | None = None, th
     """ONNX Runtime components for every component of `bundle` at `precision`."""
     comps = {}
     for name, spec in bundle.specs.items():
-        art = bundle.artifact(name, "onnx", precision)
-        comps[name] = as_component(session(bundle.path(art["file"]), providers, threads), spec)
+        path = bundle.artifact_path(name, "onnx", precision)
+        comps[name] = as_component(session(path, providers, threads), spec)
     return comps

@@ -117,8 +117,12 @@ def load_modules(source: Source, height: int | None = None, width: int | None = 
         backend, info = tokenizer_from_folder(path / name.replace("text_encoder", "tokenizer"))
         tokenizers.append(ClipTokenizer(backend, info))
     unet = _load_unet(diffusers, source)
-    vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32)
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    if source.tiny_vae is not None:
+        vae = diffusers.AutoencoderTiny.from_pretrained(source.tiny_vae, torch_dtype=torch.float32)
+        vae_scale = 2 ** (len(json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    else:
+        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32)
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     multiple = vae_scale * 2 ** (len(unet.config.down_block_types) - 1)
     default = int(unet.config.sample_size) * vae_scale
     height, width = height or default, width or default
@@ -180,6 +184,7 @@ def load(bundle, precision: str = "fp32", **options) -> dict:
         raise SourceError(
             f"the torch backend needs the bundle's source folder, which is not here: {src.get('path')!r}"
         )
-    source = resolve_source(src["path"], unet=src.get("unet_file"), shift=bundle.params.shift)
+    source = resolve_source(src["path"], unet=src.get("unet_file"), shift=bundle.params.shift,
+                            tiny_vae=src.get("tiny_vae"))
     _, _, comps = load_source(source, bundle.dims.height, bundle.dims.width)
     return comps

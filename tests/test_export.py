@@ -27,10 +27,10 @@ def test_manifest_records_the_model(arch, tiny_bundle):
     assert set(m["components"]) == names
     gen = m["components"]["generator"]
     assert [t["name"] for t in gen["outputs"]] == ["denoised"]
-    assert gen["artifacts"]["onnx"]["fp32"]["file"] == "onnx/fp32/generator.onnx"
+    assert gen["artifacts"]["onnx"]["fp32"]["path"] == "onnx/fp32/generator.onnx"
     assert all(len(e["sha256"]) == 64 for e in m["files"].values())
     p = m["parity"]["onnx/fp32"]
-    assert p["end_to_end_psnr_db"] >= 50 and max(p["component_max_abs"].values()) <= 1e-4
+    assert p["end_to_end_psnr_db"] >= 50 and max(c["max_abs"] for c in p["components"].values()) <= 1e-4
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])

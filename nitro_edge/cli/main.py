@@ -19,15 +19,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step tex
 
 class Target(str, enum.Enum):
     onnx = "onnx"
+    openvino = "openvino"
+    coreml = "coreml"
+    all = "all"
 
 
-class Precision(str, enum.Enum):
-    fp32 = "fp32"
+Precision = enum.Enum("Precision", {p.replace("-", "_"): p for p in
+                                    ("fp32", "fp16", "int8", "int8-hybrid", "pal4", "pal6", "pal8")}, type=str)
 
 
 class Backend(str, enum.Enum):
     auto = "auto"
     onnx = "onnx"
+    openvino = "openvino"
+    coreml = "coreml"
     torch = "torch"
 
 
@@ -47,9 +52,13 @@ def export(
     width: Optional[int] = typer.Option(None, "--width", help="image width (default: the model's)"),
     unet: Optional[Path] = typer.Option(None, "--unet", help="UNet .safetensors replacing the source's"),
     shift: Optional[int] = typer.Option(None, "--shift", help="timestep shift (NitroSD: 250 Realism, 500 Vibrant)"),
+    tiny_vae: Optional[Path] = typer.Option(None, "--tiny-vae", help="AutoencoderTiny (TAESD) folder as vae_decoder"),
 ) -> None:
     """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
-    from nitro_edge.export import export_bundle
+    from nitro_edge.export import TARGETS, export_bundle, target_precisions
+
+    targets = [target.value] if target.value != "all" else [
+        t for t in TARGETS if precision.value in target_precisions(t)]
 
     console = _console()
     started = time.perf_counter()
@@ -59,8 +68,8 @@ def export(
             status.update(message)
             console.log(message)
 
-        export_bundle(source, output, targets=[target.value], precision=precision.value, height=height,
-                      width=width, unet=unet, shift=shift, report=report)
+        export_bundle(source, output, targets=targets, precision=precision.value, height=height,
+                      width=width, unet=unet, shift=shift, tiny_vae=tiny_vae, report=report)
     console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
 
 
@@ -128,13 +137,19 @@ def info(
     for name, comp in m["components"].items():
         for target, by_precision in comp.get("artifacts", {}).items():
             for precision, art in by_precision.items():
-                size = sum(m["files"][f]["bytes"] for f in [art["file"], *art.get("external_data", [])])
-                table.add_row(name, target, precision, art["file"], f"{size / 1e6:.1f}")
+                size = sum(m["files"][f]["bytes"] for f in art["files"])
+                used = art.get("precision", precision)
+                table.add_row(name, target, precision if used == precision else f"{precision} (kept {used})",
+                              art["path"], f"{size / 1e6:.1f}")
     console.print(table)
     for key, parity in m.get("parity", {}).items():
+        if not parity.get("numeric", True):
+            console.print(f"parity {key}: numeric check not run ({parity.get('reason')})")
+            continue
+        comps = parity["components"]
         console.print(f"parity {key}: end-to-end {parity['end_to_end_psnr_db']} dB "
-                      f"(floor {parity['floor']['psnr_db']}), worst component max abs "
-                      f"{max(parity['component_max_abs'].values()):.2e}")
+                      f"(floor {parity['floor']['psnr_db']}), worst component SNR "
+                      f"{min(c['snr_db'] for c in comps.values())} dB, max abs {max(c['max_abs'] for c in comps.values()):.2e}")
 
 
 @app.command()

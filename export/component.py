@@ -1,0 +1,35 @@
+"""What each target's export() receives for one component: the torch module it converts, real
+inputs to trace with and to calibrate on, and the fp32 ONNX trace shared by targets that start
+from ONNX (traced once, on first use)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nitro_edge.specs import ComponentSpec
+
+
+@dataclass
+class ComponentSource:
+    spec: ComponentSpec
+    module: object  # torch.nn.Module returning a tuple in spec.outputs order
+    example: dict[str, np.ndarray]  # batch 1, used to trace
+    calibration: list[dict[str, np.ndarray]]  # batch-1 inputs seen in real sampling runs
+    scratch: Path
+    _onnx: Path | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def onnx_fp32(self) -> Path:
+        """The fp32 ONNX trace (with external data if large), made once per export run."""
+        if self._onnx is None:
+            from nitro_edge.export import onnx as onnx_target
+
+            files = onnx_target.trace(self.module, self.spec, self.example, self.scratch / "onnx-fp32")
+            self._onnx = files[0]
+        return self._onnx

@@ -1,0 +1,42 @@
+"""OpenVINO target: IR (.xml + .bin) converted from the fp32 ONNX trace, with static shapes at
+batch 1 and the bundle's resolution (so it also compiles for NPUs).
+
+- fp32: weights kept fp32.          - fp16: weights stored fp16 (OpenVINO's compress_to_fp16).
+- int8: NNCF weight compression (INT8_ASYM, per-channel), activations stay float.
+- int8-hybrid: generator weights and activations quantised with NNCF on calibration inputs
+  recorded from real sampling runs (model type TRANSFORMER keeps the sensitive ops float); the other
+  components get int8 weight compression, as for int8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nitro_edge._lazy import require
+from nitro_edge.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
+
+
+def static_shapes(spec) -> dict:
+    return {t.name: [1 if d == "batch" else d for d in t.shape] for t in spec.inputs}
+
+
+def export(component, folder: Path, precision: str) -> list[Path]:
+    """Write <name>.xml and <name>.bin at `precision` into `folder`."""
+    if precision not in PRECISIONS:
+        raise InputError(f"the openvino target supports precisions {PRECISIONS}, got {precision!r}")
+    ov = require("openvino", "openvino")
+    folder.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(str(component.onnx_fp32()))
+    model.reshape(static_shapes(component.spec))
+    if precision in ("int8", "int8-hybrid"):
+        nncf = require("nncf", "openvino")
+        if precision == "int8-hybrid" and component.name == "generator" and component.calibration:
+            model = nncf.quantize(model, nncf.Dataset(component.calibration), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=len(component.calibration))
+        else:
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    xml = folder / f"{component.name}.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+    return [xml, xml.with_suffix(".bin")]

@@ -1,0 +1,59 @@
+"""OpenVINO backend: IR compiled for a device (CPU, GPU, NPU). The IR has static batch 1, so a
+batch is run one item at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nitro_edge._lazy import require
+from nitro_edge.errors import BundleError, InputError
+from nitro_edge.specs import ComponentSpec, checked
+
+HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def as_component(compiled, spec: ComponentSpec):
+    names = [t.name for t in spec.outputs]
+    request = compiled.create_infer_request()
+
+    def call(**arrays: np.ndarray) -> dict:
+        batch = arrays[spec.inputs[0].name].shape[0]
+        outs = {n: [] for n in names}
+        for i in range(batch):
+            result = request.infer({t.name: arrays[t.name][i : i + 1] for t in spec.inputs})
+            for n in names:
+                outs[n].append(np.array(result[compiled.output(n)]))
+        return {n: np.concatenate(v).astype(np.float32, copy=False) for n, v in outs.items()}
+
+    return checked(spec, call)
+
+
+def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | None = None,
+         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "f32") -> dict:
+    """OpenVINO components compiled for `device`; `cache_dir` keeps compiled blobs between runs.
+
+    `inference_precision` defaults to f32: on CPUs with bf16 units OpenVINO would otherwise run in
+    bf16 and lose the bundle's measured parity. Pass None for the device's default, or "f16"/"bf16".
+    """
+    ov = require("openvino", "openvino")
+    if hint not in HINTS:
+        raise InputError(f"hint must be one of {HINTS}, got {hint!r}")
+    core = ov.Core()
+    if device.split(":")[0] not in {d.split(".")[0] for d in core.available_devices} and device != "AUTO":
+        raise InputError(f"OpenVINO device {device!r} is not available here; available: {core.available_devices}")
+    config = {"PERFORMANCE_HINT": hint}
+    if inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = inference_precision
+    if cache_dir:
+        config["CACHE_DIR"] = str(cache_dir)
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    comps = {}
+    for name, spec in bundle.specs.items():
+        path = bundle.artifact_path(name, "openvino", precision)
+        try:
+            compiled = core.compile_model(core.read_model(str(path)), device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad IR files
+            raise BundleError(f"OpenVINO cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
+        comps[name] = as_component(compiled, spec)
+    return comps

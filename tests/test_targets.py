@@ -1,0 +1,103 @@
+"""Every target x precision on the tiny models, the fp16 overflow fallback, and the tiny decoder."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import nitro_edge
+from nitro_edge.bundle import Bundle
+from nitro_edge.errors import InputError
+from nitro_edge.export import export_bundle
+from nitro_edge.export.parity import psnr_db
+
+torch = pytest.importorskip("torch")
+
+MATRIX = [("onnx", p) for p in ("fp32", "fp16", "int8")] + \
+         [("openvino", p) for p in ("fp32", "fp16", "int8", "int8-hybrid")] + \
+         [("coreml", p) for p in ("fp32", "fp16", "int8", "pal4", "pal6", "pal8")]
+
+
+@pytest.fixture(scope="module")
+def matrix_bundles(tiny_source, tmp_path_factory):
+    """One sd15 bundle per precision holding every target that supports it."""
+    root = tmp_path_factory.mktemp("matrix")
+    bundles = {}
+    for precision in ("fp32", "fp16", "int8", "int8-hybrid", "pal4", "pal6", "pal8"):
+        targets = [t for t, p in MATRIX if p == precision]
+        bundles[precision] = export_bundle(tiny_source("sd15"), root / precision, targets=targets,
+                                           precision=precision, shift=500)
+    return bundles
+
+
+@pytest.mark.parametrize("target, precision", MATRIX)
+def test_every_target_and_precision_passes_its_gate(target, precision, matrix_bundles, tiny_source):
+    bundle = Bundle.open(matrix_bundles[precision])
+    parity = bundle.manifest["parity"][f"{target}/{precision}"]
+    for name in ("text_encoder", "generator", "vae_decoder"):
+        art = bundle.manifest["components"][name]["artifacts"][target][precision]
+        assert bundle.artifact_path(name, target, precision).exists()
+    if target == "coreml" and sys.platform != "darwin":
+        assert parity["numeric"] is False and "macOS" in parity["reason"]
+        weights = parity["spec"]["generator"]["weight_dtypes"]
+        kind = {"fp32": "float32", "fp16": "float16", "int8": "int8", "pal4": "palette4", "pal6": "palette6",
+                "pal8": "palette8"}[precision]
+        assert kind in weights, weights
+        return
+    assert parity["numeric"] is True and parity["end_to_end_psnr_db"] >= parity["floor"]["psnr_db"]
+    images = nitro_edge.load(bundle.root, backend=target, precision=precision).generate(
+        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy")
+    ref = nitro_edge.load(tiny_source("sd15"), backend="torch", shift=500).generate(
+        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy")
+    assert psnr_db(ref, images) >= parity["floor"]["psnr_db"]
+
+
+def test_precision_not_offered_by_a_target_is_refused(tiny_source, tmp_path):
+    with pytest.raises(InputError, match="precision pal4 is not available for \\['onnx'\\]"):
+        export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], precision="pal4")
+
+
+def test_sdxl_fp16_on_every_target(tiny_source, tmp_path):
+    out = export_bundle(tiny_source("sdxl"), tmp_path / "b", targets=["onnx", "openvino", "coreml"], precision="fp16")
+    parity = Bundle.open(out).manifest["parity"]
+    assert parity["onnx/fp16"]["end_to_end_psnr_db"] >= 35 and parity["openvino/fp16"]["end_to_end_psnr_db"] >= 35
+    assert set(parity["coreml/fp16"]["spec"]) == {"text_encoder", "text_encoder_2", "generator", "vae_decoder"}
+
+
+def test_fp16_overflow_is_detected_and_the_component_kept_fp32(tiny_source, tmp_path):
+    """A decoder whose activations exceed fp16's range (65504) gives Inf/NaN in fp16: keep it fp32."""
+    from diffusers import AutoencoderKL
+
+    src = shutil.copytree(tiny_source("sd15"), tmp_path / "src")
+    vae = AutoencoderKL.from_pretrained(src / "vae")
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(1e5)  # GroupNorm after it hides the scale in fp32 only
+    vae.save_pretrained(src / "vae")
+    out = export_bundle(src, tmp_path / "b", targets=["onnx"], precision="fp16")
+    manifest = Bundle.open(out).manifest
+    art = manifest["components"]["vae_decoder"]["artifacts"]["onnx"]["fp16"]
+    assert art["precision"] == "fp32" and ("NaN" in art["fallback_reason"] or "SNR" in art["fallback_reason"])
+    assert manifest["components"]["generator"]["artifacts"]["onnx"]["fp16"]["precision"] == "fp16"
+    assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
+
+
+def test_tiny_decoder_on_every_target(tiny_source, tmp_path):
+    from nitro_edge.tiny import build_tiny_autoencoder_tiny
+
+    taesd = build_tiny_autoencoder_tiny(tmp_path / "taesd")
+    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx", "openvino", "coreml"],
+                        precision="fp16", tiny_vae=taesd)
+    manifest = Bundle.open(out).manifest
+    assert manifest["provenance"]["source"]["tiny_vae"] == str(taesd)
+    sizes = {t: sum(manifest["files"][f]["bytes"] for f in
+                    manifest["components"]["vae_decoder"]["artifacts"][t]["fp16"]["files"]) for t in ("onnx", "openvino")}
+    assert all(size < 200_000 for size in sizes.values()), sizes
+    tiny = nitro_edge.load(out, backend="onnx", precision="fp16").generate("a cat", output="numpy")
+    full = nitro_edge.load(tiny_source("sd15"), backend="torch").generate("a cat", output="numpy")
+    assert tiny.shape == full.shape and not np.allclose(tiny, full)  # another decoder, same latents
+    ref = nitro_edge.load(out, backend="torch").generate("a cat", output="numpy")
+    assert psnr_db(ref, tiny) >= 35
+    with pytest.raises(Exception, match="AutoencoderTiny"):
+        export_bundle(tiny_source("sd15"), tmp_path / "c", tiny_vae=tiny_source("sd15") / "vae")
