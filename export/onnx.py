@@ -2,8 +2,8 @@
 
 - fp16: onnxruntime's float16 converter with fp32 inputs/outputs kept (keep_io_types); ops
   that overflow in fp16 (LayerNorm/GroupNorm statistics, Softmax, Pow, Exp) stay fp32.
-- int8: dynamic quantisation (weights int8, activations quantised at run time per tensor) of
-  MatMul/Gemm, the attention and projection layers. Dynamic rather than static QDQ because it
+- int8: dynamic quantisation (weights int8, activations quantised at run time per tensor) of the
+  token embedding (Gather) and MatMul/Gemm (attention, projections). Dynamic rather than static QDQ: it
   needs no calibration set per model and ONNX Runtime's CPU kernels for it are mature; convolutions
   stay fp32 (ConvInteger is slow or missing on several execution providers).
 Models over 2 GB keep their weights in one external-data file beside the graph.
@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2 GiB
 FP16_KEEP_FP32 = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "Pow", "Exp",
                   "ReduceMean", "Sqrt", "Erf", "Range", "CumSum", "RandomNormalLike", "Resize"]
-INT8_OPS = ["MatMul", "Gemm"]
+INT8_OPS = ["MatMul", "Gemm", "Gather"]  # Gather: the token embedding, most of a text encoder's bytes
 
 
 def trace(module, spec: ComponentSpec, example: dict[str, np.ndarray], folder: Path) -> list[Path]:

@@ -29,3 +29,7 @@ class ComponentError(NitroEdgeError):
 
 class MissingExtraError(NitroEdgeError):
     """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class Cancelled(NitroEdgeError):
+    """A progress callback asked generation to stop."""

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nitro_edge.errors import InputError
+from nitro_edge.errors import Cancelled, InputError
 from nitro_edge.schedule import SamplerParams, check_steps
 from nitro_edge.specs import Component, ModelDims
 from nitro_edge.tokenizer import ClipTokenizer, check_prompts
@@ -78,9 +78,13 @@ class Sampler:
         seed: int = 0,
         latents: np.ndarray | None = None,
         output: str = "pil",
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], bool | None] | None = None,
     ):
-        """Images for `prompts`: a list of PIL images, or float32 (B, H, W, 3) in [0, 1] for "numpy"."""
+        """Images for `prompts`: a list of PIL images, or float32 (B, H, W, 3) in [0, 1] for "numpy".
+
+        `progress(done, total)` is called after each generator step; returning False cancels
+        (raises nitro_edge.errors.Cancelled, before the decoder runs).
+        """
         prompts = check_prompts(prompts)
         check_steps(steps, self.params.original_inference_steps)
         if output not in OUTPUTS:
@@ -114,8 +118,8 @@ class Sampler:
                 sample = (np.sqrt(a) * denoised + np.sqrt(1 - a) * noise).astype(np.float32)
             else:
                 sample = denoised
-            if progress is not None:
-                progress(i + 1, steps)
+            if progress is not None and progress(i + 1, steps) is False:
+                raise Cancelled(f"generation cancelled by the progress callback after step {i + 1} of {steps}")
         return self.components["vae_decoder"](latents=sample)["image"]
 
     @staticmethod

@@ -153,6 +153,50 @@ def info(
 
 
 @app.command()
+def bench(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    backend: str = typer.Option("all", "--backend", help="a backend, or all"),
+    runs: int = typer.Option(5, "--runs", help="warm runs per backend and precision"),
+    steps: int = typer.Option(1, "--steps"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="write a PNG chart"),
+) -> None:
+    """Latency (cold and warm, per component and end to end), peak RSS and size, per backend and precision."""
+    import json
+
+    from nitro_edge.bench import plot, run_all
+    from nitro_edge.errors import InputError
+    from nitro_edge.runtimes import BACKENDS
+
+    if runs < 1:
+        raise InputError(f"--runs must be at least 1, got {runs}")
+    backends = [b for b in BACKENDS if b != "torch"] if backend == "all" else [backend]
+    if any(b not in BACKENDS for b in backends):
+        raise InputError(f"--backend must be 'all' or one of {sorted(BACKENDS)}, got {backend!r}")
+    console = _console()
+    results = run_all(str(bundle), backends, runs, steps, report=console.log)
+    if not results:
+        raise InputError(f"no backend could run {bundle} here")
+    from rich.table import Table
+
+    table = Table("backend", "precision", "cold start s", "end-to-end s (median [min-max])", "slowest component",
+                  "peak RSS MiB", "size MiB")
+    for r in results:
+        e = r["end_to_end_s"]
+        slow = max(r["components_s"].items(), key=lambda kv: kv[1]["median"])
+        table.add_row(r["backend"], r["precision"], f"{r['cold_start_s']:.2f}",
+                      f"{e['median']:.3f} [{e['min']:.3f}-{e['max']:.3f}]", f"{slow[0]} {slow[1]['median']:.3f}",
+                      f"{r['peak_rss_mib']:.0f}", f"{r['size_mib']}")
+    from rich.console import Console
+
+    Console().print(table)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+    if plot_path:
+        plot(results, plot_path)
+
+
+@app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="YAML config (keys of TrainConfig)"),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="diffusers teacher pipeline folder"),

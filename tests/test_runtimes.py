@@ -1,0 +1,84 @@
+"""The sampler API across backends: auto choice, options, cancellation, threads, bench."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import nitro_edge
+from nitro_edge.api import auto_order
+from nitro_edge.errors import Cancelled, InputError, MissingExtraError
+
+pytest.importorskip("torch")
+
+
+def test_auto_picks_an_installed_backend_and_says_which(tiny_bundle, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        sampler = nitro_edge.load(tiny_bundle("sd15"))
+    assert sampler.backend == "onnx"  # the fixture bundle holds only ONNX artifacts
+    assert set(auto_order()) >= {"onnx", "openvino"}
+    assert f"backend auto chose {sampler.backend}" in caplog.text
+
+
+def test_backend_options_are_checked(tiny_bundle):
+    with pytest.raises(InputError, match="providers .* are not available"):
+        nitro_edge.load(tiny_bundle("sd15"), backend="onnx", providers=["NoSuchExecutionProvider"])
+    sampler = nitro_edge.load(tiny_bundle("sd15"), backend="onnx", threads=1)
+    assert sampler.generate("a cat", output="numpy").shape == (1, 64, 64, 3)
+    with pytest.raises(InputError, match="backend must be 'auto' or one of"):
+        nitro_edge.load(tiny_bundle("sd15"), backend="tensorrt")
+
+
+def test_coreml_backend_off_macos_says_so(tiny_bundle):
+    if sys.platform == "darwin":
+        pytest.skip("on macOS Core ML predicts")
+    with pytest.raises((MissingExtraError, Exception), match="macOS|no coreml"):
+        nitro_edge.load(tiny_bundle("sd15"), backend="coreml")
+
+
+def test_progress_callback_reports_and_cancels(tiny_bundle):
+    sampler = nitro_edge.load(tiny_bundle("sd15"))
+    seen = []
+    sampler.generate("a cat", steps=3, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    with pytest.raises(Cancelled, match="after step 2 of 4"):
+        sampler.generate("a cat", steps=4, progress=lambda done, total: done < 2)
+    assert sampler.generate("a cat", steps=1, output="numpy").shape == (1, 64, 64, 3)  # still usable
+
+
+def test_eight_threads_give_the_sequential_images(tiny_bundle):
+    sampler = nitro_edge.load(tiny_bundle("sdxl"))
+    jobs = [(f"prompt number {i}", 1 + i % 4, i) for i in range(8)]
+    sequential = [sampler.generate(p, steps=s, seed=seed, output="numpy") for p, s, seed in jobs]
+    results = [None] * 8
+
+    def work(i):
+        p, s, seed = jobs[i]
+        results[i] = sampler.generate(p, steps=s, seed=seed, output="numpy")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(sequential, results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bench_cli_writes_table_json_and_chart(tiny_bundle, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nitro_edge.cli.main", "bench", str(tiny_bundle("sd15")), "--runs", "2",
+                        "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")],
+                       capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "b.json").read_text())
+    onnx = next(x for x in results if x["backend"] == "onnx")
+    assert onnx["precision"] == "fp32" and onnx["runs"] == 2 and onnx["peak_rss_mib"] > 10
+    assert set(onnx["components_s"]) == {"text_encoder", "generator", "vae_decoder"}
+    assert 0 < onnx["end_to_end_s"]["min"] <= onnx["end_to_end_s"]["median"] <= onnx["end_to_end_s"]["max"]
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert "onnx" in r.stdout and "fp32" in r.stdout
