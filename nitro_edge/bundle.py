@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nitro_edge.errors import BundleError
+from nitro_edge.errors import BundleError, InputError
 from nitro_edge.schedule import SamplerParams
 from nitro_edge.specs import ARCHITECTURES, COMPONENTS, ComponentSpec, ModelDims
 from nitro_edge.tokenizer import ClipTokenizer, TokenizerInfo
@@ -95,15 +95,37 @@ class Bundle:
                 SamplerParams.from_dict(m["sampler"]),
                 {n: ComponentSpec.from_dict(n, c) for n, c in m["components"].items()},
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            _check_dims(self.dims)
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as exc:
             raise BundleError(f"manifest fields are malformed: {exc!r}") from exc
         want = set(COMPONENTS[m["architecture"]])
         if set(self.specs) != want:
             raise BundleError(f"manifest components are {sorted(self.specs)}, expected {sorted(want)}")
         if not isinstance(m["files"], dict):
             raise BundleError("manifest 'files' must map paths to {sha256, bytes}")
-        for rel in m["files"]:
+        for rel, entry in m["files"].items():
             safe_relpath(self.root, rel)
+            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                    and isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0):
+                raise BundleError(f"manifest entry for {rel!r} must be {{sha256: str, bytes: int >= 0}}")
+        tokenizers = m["tokenizers"]
+        if not isinstance(tokenizers, list) or len(tokenizers) != len(self.dims.text_hidden):
+            raise BundleError(f"manifest 'tokenizers' must list one entry per text encoder ({len(self.dims.text_hidden)})")
+        for entry in tokenizers:
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                    and isinstance(entry.get("max_length"), int) and isinstance(entry.get("pad_token_id"), int)):
+                raise BundleError("each manifest tokenizer needs file (str), max_length (int), pad_token_id (int)")
+            safe_relpath(self.root, entry["file"])
+        for name, comp in m["components"].items():
+            artifacts = comp.get("artifacts", {})
+            if not isinstance(artifacts, dict) or not all(isinstance(v, dict) for v in artifacts.values()):
+                raise BundleError(f"component {name}: 'artifacts' must map target -> precision -> artifact")
+            for target, by_precision in artifacts.items():
+                for precision, art in by_precision.items():
+                    if not (isinstance(art, dict) and isinstance(art.get("path"), str) and isinstance(art.get("files"), list)):
+                        raise BundleError(f"artifact {name}/{target}/{precision} needs path (str) and files (list)")
+                    for rel in [art["path"], *art["files"]]:
+                        safe_relpath(self.root, rel)
 
     def verify_files(self) -> None:
         for rel, entry in self.manifest["files"].items():
@@ -159,6 +181,22 @@ class Bundle:
             info = TokenizerInfo(max_length=int(entry["max_length"]), pad_token_id=int(entry["pad_token_id"]))
             out.append(ClipTokenizer.from_file(self.path(entry["file"]), info))
         return out
+
+
+LIMITS = {"height": (8, 8192), "width": (8, 8192), "max_length": (1, 1024), "latent_channels": (1, 64),
+          "vae_scale_factor": (1, 64)}
+
+
+def _check_dims(dims: ModelDims) -> None:
+    """Sizes within sane bounds, so a hostile manifest cannot ask for absurd allocations."""
+    for key, (low, high) in LIMITS.items():
+        value = getattr(dims, key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InputError(f"dims.{key} must be an integer in [{low}, {high}], got {value!r}")
+    if dims.height % dims.vae_scale_factor or dims.width % dims.vae_scale_factor:
+        raise InputError("dims.height and dims.width must be multiples of vae_scale_factor")
+    if not dims.text_hidden or not all(isinstance(h, int) and 1 <= h <= 16384 for h in dims.text_hidden):
+        raise InputError(f"dims.text_hidden must list positive sizes, got {dims.text_hidden!r}")
 
 
 def file_entries(root: Path) -> dict[str, dict]:

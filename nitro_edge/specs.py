@@ -61,7 +61,12 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TensorSpec":
-        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+        name, dtype, shape = data["name"], data["dtype"], data["shape"]
+        if not isinstance(name, str) or dtype not in ("float32", "float16", "int64", "int32") or not isinstance(shape, list):
+            raise ValueError(f"tensor spec needs name (str), dtype (float32/float16/int64/int32), shape (list): {data!r}")
+        if not all(d == BATCH or (isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 20) for d in shape):
+            raise ValueError(f"tensor {name} shape entries must be positive ints or {BATCH!r}, got {shape!r}")
+        return cls(name=name, dtype=dtype, shape=tuple(shape))
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class ComponentSpec:
 
     @classmethod
     def from_dict(cls, name: str, data: dict) -> "ComponentSpec":
+        if not isinstance(data.get("inputs"), list) or not isinstance(data.get("outputs"), list):
+            raise ValueError(f"component {name} needs inputs and outputs lists")
         return cls(
             name=name,
             inputs=tuple(TensorSpec.from_dict(t) for t in data["inputs"]),

@@ -76,7 +76,8 @@ def export(
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="what to draw"),
-    model: Path = typer.Option(..., "-m", "--model", help="bundle, or diffusers source folder (torch backend)"),
+    model: Optional[Path] = typer.Option(None, "-m", "--model",
+                                         help="bundle, or diffusers source folder (torch backend); default: the embedded model"),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG to write (batch > 1: name-0.png, ...)"),
     steps: int = typer.Option(1, "--steps", help="1 to 4"),
     seed: int = typer.Option(0, "--seed"),
@@ -96,6 +97,12 @@ def generate(
     if output.suffix.lower() != ".png":
         raise InputError(f"--output must end in .png, got {output}")
     console = _console()
+    if model is None:
+        from nitro_edge.default_model import NAME, default_bundle
+
+        with console.status("preparing the embedded default model (first use exports it once)"):
+            model = default_bundle()
+        console.print(f"model: embedded default {NAME} ({model})")
     with console.status("loading"):
         sampler = nitro_edge.load(model, backend.value, unet=unet, shift=shift, height=height, width=width)
     started = time.perf_counter()
