@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv clean default-model
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) -m nitro_edge.demo --out demo-output
+
+# Retrain the embedded default model (teacher, NitroFusion student, ablation table): about 40 min on 2 cores.
+default-model: venv
+	$(PY) -m nitro_edge.training.recipes.shapes --out runs/shapes --install-default
 
 test: venv
 	$(PY) -m pytest -q

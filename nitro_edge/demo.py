@@ -1,71 +1,80 @@
-"""`make demo`: export a model, generate the same prompts on every available backend, write a
-grid PNG and print a table (backend, precision, steps, latency, PSNR against torch).
-
-Until the embedded default model exists, the model is a tiny SD1.5-architecture pipeline with
-random weights: the images are noise-like, and the demo proves the chain, not image quality.
-"""
+"""`make demo`: export the embedded default model to every target this platform supports, at
+fp32, fp16 and int8; generate the same prompts on every available backend and precision; write
+one grid PNG and print a table (backend, precision, latency, PSNR against torch)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-PROMPTS = ["a red circle at the top left", "a blue square at the bottom right", "a green triangle in the centre"]
+PROMPTS = ["a red circle at the top left", "a blue square in the centre", "a green triangle at the bottom right",
+           "a yellow circle at the bottom left"]
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args(argv)
 
     import nitro_edge
-    from nitro_edge.export import export_bundle
+    from nitro_edge.default_model import NAME, source_folder
+    from nitro_edge.export import export_bundle, target_precisions
     from nitro_edge.export.parity import psnr_db
-    from nitro_edge.tiny import build_tiny_pipeline
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    console.print("[yellow]No embedded default model yet: using the tiny SD1.5-architecture test model "
-                  "(random weights, 64x64), so images are noise; this shows the chain works.[/yellow]")
-    source = args.out / "tiny-sd15"
-    if not (source / "model_index.json").is_file():
-        build_tiny_pipeline("sd15", source)
+    source = source_folder()
+    console.print(f"model: the embedded default [bold]{NAME}[/bold] ({source})")
+    targets = ["onnx"] + [t for t, mod in (("openvino", "openvino"), ("coreml", "coremltools"))
+                          if importlib.util.find_spec(mod)]
     bundle = args.out / "bundle"
-    started = time.perf_counter()
-    export_bundle(source, bundle, targets=["onnx"], precision="fp32", shift=500,
-                  report=lambda m: console.log(m))
-    console.print(f"exported in {time.perf_counter() - started:.1f} s")
+    if bundle.exists():
+        import shutil
 
-    runs = [("torch", "fp32", source, {"shift": 500})]
-    if importlib.util.find_spec("onnxruntime"):
-        runs.append(("onnx", "fp32", bundle, {}))
-    table = Table("backend", "precision", "steps", "latency (s, median of 3)", "PSNR vs torch (dB)")
-    rows, reference = [], {}
-    for backend, precision, model, kwargs in runs:
-        sampler = nitro_edge.load(model, backend, **kwargs)
-        for steps in (1, 4):
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                images = sampler.generate(PROMPTS, steps=steps, seed=args.seed, output="numpy")
-                times.append(time.perf_counter() - t0)
-            reference.setdefault(steps, images)
-            table.add_row(backend, precision, str(steps), f"{np.median(times):.3f}",
-                          f"{psnr_db(reference[steps], images):.1f}")
-            rows.append(images)
+        shutil.rmtree(bundle)
+    started = time.perf_counter()
+    for precision in PRECISIONS:
+        export_bundle(source, bundle, targets=[t for t in targets if precision in target_precisions(t)],
+                      precision=precision, report=lambda m: console.log(m) if "parity" in m or "NOT" in m else None)
+    console.print(f"exported to {', '.join(targets)} at {', '.join(PRECISIONS)} in {time.perf_counter() - started:.0f} s")
+
+    runs = [("torch", "fp32", source)]
+    runnable = {"onnx": importlib.util.find_spec("onnxruntime"), "openvino": importlib.util.find_spec("openvino"),
+                "coreml": platform.system() == "Darwin"}
+    runs += [(t, p, bundle) for t in targets if runnable[t] for p in PRECISIONS if p in target_precisions(t)]
+    table = Table("backend", "precision", f"latency s ({args.steps} step, {len(PROMPTS)} prompts, median of 3)",
+                  "PSNR vs torch (dB)")
+    rows, reference = [], None
+    for backend, precision, model in runs:
+        sampler = nitro_edge.load(model, backend, **({} if backend == "torch" else {"precision": precision}))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            images = sampler.generate(PROMPTS, steps=args.steps, seed=args.seed, output="numpy")
+            times.append(time.perf_counter() - t0)
+        reference = images if reference is None else reference
+        psnr = psnr_db(reference, images)
+        table.add_row(backend, precision, f"{np.median(times):.3f}", "reference" if backend == "torch" else f"{psnr:.1f}")
+        rows.append(images)
+    if "coreml" in targets and not runnable["coreml"]:
+        table.add_row("coreml", "fp32/fp16/int8", "converted; predicts on macOS only", "spec checked")
     console.print(table)
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     from PIL import Image
 
     path = args.out / "grid.png"
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
-    console.print(f"grid ({len(rows)} rows: backend x steps; columns: prompts): {path}")
+    Image.fromarray((grid * 255).round().astype(np.uint8)).resize((grid.shape[1] * 2, grid.shape[0] * 2),
+                                                                  Image.NEAREST).save(path)
+    console.print(f"grid: {path} (rows: {', '.join(f'{b} {p}' for b, p, _ in runs)}; columns: the prompts)")
 
 
 if __name__ == "__main__":

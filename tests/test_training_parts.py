@@ -67,16 +67,18 @@ def test_pool_partition_and_selection():
     for i, slot in enumerate(pool.slots):
         assert pool.index(slot.timestep, slot.task, slot.level, i % 4) == i
     gen = torch.Generator().manual_seed(0)
-    seen_t = set()
-    for _ in range(50):
-        t, picks = pool.select(gen)
-        seen_t.add(t)
-        assert set(picks) == set(TASKS)
-        for task, ids in picks.items():
-            assert [pool.slots[i].level for i in ids] == list(range(10))
-            assert all(pool.slots[i].timestep == t and pool.slots[i].task == task for i in ids)
-    assert seen_t == {10, 250, 500, 750}
-    same = pool.select(torch.Generator().manual_seed(3)), pool.select(torch.Generator().manual_seed(3))
+    for batch in (1, 4, 6):
+        per_sample, picks = pool.select_all(gen, batch)
+        assert len(per_sample) == batch and set(picks) == set(per_sample)
+        counts = [per_sample.count(t) for t in set(per_sample)]
+        assert max(counts) - min(counts) <= 1  # balanced over the timesteps present
+        for t, by_task in picks.items():
+            assert set(by_task) == set(TASKS)
+            for task, ids in by_task.items():
+                assert [pool.slots[i].level for i in ids] == list(range(10))
+                assert all(pool.slots[i].timestep == t and pool.slots[i].task == task for i in ids)
+    assert set(pool.select_all(gen, 8)[0]) == {10, 250, 500, 750}
+    same = pool.select_all(torch.Generator().manual_seed(3), 5), pool.select_all(torch.Generator().manual_seed(3), 5)
     assert same[0] == same[1]
 
 

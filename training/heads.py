@@ -75,14 +75,19 @@ class HeadPool(nn.Module):
         return (self.timesteps.index(timestep) * per_t + self.tasks.index(task) * self.levels * self.candidates
                 + level * self.candidates + candidate)
 
-    def select(self, generator: torch.Generator) -> tuple[int, dict[str, list[int]]]:
-        """One discriminator timestep and, per task, one head index per level."""
-        t = self.timesteps[int(torch.randint(len(self.timesteps), (1,), generator=generator))]
+    def select_all(self, generator: torch.Generator, batch: int) -> tuple[list[int], dict[int, dict[str, list[int]]]]:
+        """A discriminator timestep per sample (balanced over the timesteps, random order) and, for
+        each timestep present, one head per (task, level): {t*: {task: [head index per level]}}."""
+        order = torch.randperm(len(self.timesteps), generator=generator).tolist()
+        per_sample = [self.timesteps[order[i % len(order)]] for i in range(batch)]
         picks = {}
-        for task in self.tasks:
-            cands = torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
-            picks[task] = [self.index(t, task, level, c) for level, c in enumerate(cands)]
-        return t, picks
+        for t in self.timesteps:
+            cands = {task: torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
+                     for task in self.tasks}
+            if t in per_sample:
+                picks[t] = {task: [self.index(t, task, level, c) for level, c in enumerate(cands[task])]
+                            for task in self.tasks}
+        return per_sample, picks
 
     def refresh(self, fraction: float, generator: torch.Generator) -> list[int]:
         """Re-initialise round(fraction * len) random heads (at least one if fraction > 0)."""

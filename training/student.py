@@ -35,8 +35,11 @@ def student_sample(student, noise: torch.Tensor, cond: dict, params: SamplerPara
     raise AssertionError("unreachable: k >= 1")
 
 
-def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: int, alphas: torch.Tensor) -> torch.Tensor:
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t, alphas: torch.Tensor) -> torch.Tensor:
+    """Noise x0 to timestep t: an int, or a tensor with one timestep per sample."""
     a = alphas[t]
+    if a.dim() > 0:
+        a = a.view(-1, *([1] * (x0.dim() - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 
 

@@ -111,9 +111,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         tick = time.perf_counter()
         gen = step_generator(cfg.seed, step, rank)      # this rank's noise and crops
         shared = step_generator(cfg.seed, step, -1)      # the same on every rank: heads, k, refresh
-        t_star, picks = pool.select(shared)
-        active = sorted({i for ids in picks.values() for i in ids})
-        stats = {f"loss_{side}/{task}/t{t_star}": 0.0 for side in "dg" for task in pool.tasks}
+        # One discriminator timestep per sample (balanced), one head per (t*, task, level).
+        t_per_sample, picks = pool.select_all(shared, cfg.batch_size)
+        active = sorted({i for by_task in picks.values() for ids in by_task.values() for i in ids})
+        stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in pool.tasks}
 
         for micro in range(cfg.gradient_accumulation):
             sync = micro == cfg.gradient_accumulation - 1
@@ -140,48 +141,49 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             with context, acc.autocast():
                 fake = student_sample(student, noise, cond, source.params, k, alphas, gen).float()
 
-            # 3. Discriminator: both noised to t* with the same noise; features without grad.
+            # 3. Discriminator: each sample noised to its own t*, real and fake with the same noise;
+            # features without grad (the backbone is frozen and the heads read detached maps).
             eps = torch.randn(noise.shape, generator=gen).to(device)
             corner = crop_window(cfg.local_fraction, gen)
-            t_batch = torch.full((n,), t_star, dtype=torch.int64, device=device)
+            t_batch = torch.tensor(t_per_sample[:n], dtype=torch.int64, device=device)
             with torch.no_grad(), acc.autocast():
-                noisy_real = add_noise(real, eps, t_star, alphas)
-                feats = {
-                    ("real", "cond"): backbone(noisy_real.to(weight_dtype), t_batch, **_kw(cond)),
-                    ("fake", "cond"): backbone(add_noise(fake.detach(), eps, t_star, alphas).to(weight_dtype), t_batch, **_kw(cond)),
-                }
-                if "local_uncond" in picks:
-                    feats[("real", "uncond")] = backbone(noisy_real.to(weight_dtype), t_batch, **_kw(uncond))
-                    feats[("fake", "uncond")] = backbone(add_noise(fake.detach(), eps, t_star, alphas).to(weight_dtype), t_batch, **_kw(uncond))
+                noisy_real = add_noise(real, eps, t_batch, alphas).to(weight_dtype)
+                noisy_fake = add_noise(fake.detach(), eps, t_batch, alphas).to(weight_dtype)
+                seen = {side: {c: backbone(x, t_batch, **_kw(cd)) for c, cd in conds.items()}
+                        for side, x in (("real", noisy_real), ("fake", noisy_fake))
+                        for conds in [_conds(pool, cond, uncond)]}
                 if cfg.r1_weight > 0:
                     perturbed = noisy_real + cfg.r1_sigma * torch.randn(noise.shape, generator=gen).to(device)
-                    feats[("perturbed", "cond")] = backbone(perturbed.to(weight_dtype), t_batch, **_kw(cond))
+                    seen["perturbed"] = {"cond": backbone(perturbed.to(weight_dtype), t_batch, **_kw(cond))}
             with acc.autocast():
+                real_logits = _judge(pool, picks, t_batch, seen["real"], cfg.local_fraction, corner)
+                fake_logits = _judge(pool, picks, t_batch, seen["fake"], cfg.local_fraction, corner)
+                if cfg.r1_weight > 0:
+                    global_only = {t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items()
+                                   if "global_cond" in by_task}
+                    pert_logits = _judge(pool, global_only, t_batch, seen["perturbed"], cfg.local_fraction, corner)
                 d_loss = 0.0
-                for task, ids in picks.items():
-                    real_logits = _logits(pool, ids, feats[("real", _cond(task))], task, cfg.local_fraction, corner)
-                    fake_logits = _logits(pool, ids, feats[("fake", _cond(task))], task, cfg.local_fraction, corner)
-                    loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in zip(real_logits, fake_logits)) / len(ids)
-                    if cfg.r1_weight > 0 and task == "global_cond":
-                        pert = _logits(pool, ids, feats[("perturbed", "cond")], task, cfg.local_fraction, corner)
-                        loss = loss + cfg.r1_weight * sum(approximate_r1(r, p) for r, p in zip(real_logits, pert)) / len(ids)
-                    stats[f"loss_d/{task}/t{t_star}"] += float(loss.detach()) / cfg.gradient_accumulation
-                    d_loss = d_loss + loss / len(picks)
+                for key in real_logits:
+                    pairs = list(zip(real_logits[key], fake_logits[key]))
+                    loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in pairs) / len(pairs)
+                    if cfg.r1_weight > 0 and key in pert_logits:
+                        loss = loss + cfg.r1_weight * sum(approximate_r1(r, q) for r, q in
+                                                          zip(real_logits[key], pert_logits[key])) / len(pairs)
+                    stats[f"loss_d/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
+                    d_loss = d_loss + loss / len(real_logits)
             acc.backward(d_loss / cfg.gradient_accumulation)
 
             # 4. Generator: the same heads, frozen, judge x̂0; gradients flow through the backbone.
             pool.requires_grad_(False)
             with context, acc.autocast():
-                noisy_fake = add_noise(fake, eps, t_star, alphas).to(weight_dtype)
-                fake_feats = {"cond": backbone(noisy_fake, t_batch, **_kw(cond))}
-                if "local_uncond" in picks:
-                    fake_feats["uncond"] = backbone(noisy_fake, t_batch, **_kw(uncond))
+                noisy = add_noise(fake, eps, t_batch, alphas).to(weight_dtype)
+                feats = {c: backbone(noisy, t_batch, **_kw(cd)) for c, cd in _conds(pool, cond, uncond).items()}
+                logits = _judge(pool, picks, t_batch, feats, cfg.local_fraction, corner)
                 g_loss = 0.0
-                for task, ids in picks.items():
-                    logits = _logits(pool, ids, fake_feats[_cond(task)], task, cfg.local_fraction, corner)
-                    loss = sum(generator_loss(l, cfg.loss) for l in logits) / len(ids)
-                    stats[f"loss_g/{task}/t{t_star}"] += float(loss.detach()) / cfg.gradient_accumulation
-                    g_loss = g_loss + loss / len(picks)
+                for key, maps in logits.items():
+                    loss = sum(generator_loss(m, cfg.loss) for m in maps) / len(maps)
+                    stats[f"loss_g/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
+                    g_loss = g_loss + loss / len(logits)
                 acc.backward(g_loss / cfg.gradient_accumulation)
             pool.requires_grad_(True)
 
@@ -217,7 +219,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             for key, value in stats.items():
                 writer.add_scalar(key, value, done)
         if bar is not None:
-            bar.set_postfix(d=f"{float(d_loss.detach()):.3f}", g=f"{float(g_loss.detach()):.3f}", t=t_star, k=k)
+            bar.set_postfix(d=f"{float(d_loss.detach()):.3f}", g=f"{float(g_loss.detach()):.3f}", k=k)
             bar.update(1)
         if done % cfg.sample_every == 0 or done == cfg.max_steps:
             _sample_grid(out, done, cfg, student_unet, ema, source.params, conditioner, modules["vae_decoder"],
@@ -265,11 +267,23 @@ def _kw(cond: dict) -> dict:
     return unet_kwargs(cond)
 
 
-def _logits(pool, ids, features, task, fraction, corner):
-    """Each active head's logit map on its level (a local crop unless the task is global)."""
-    local = task != "global_cond"
-    return [pool.heads[i](crop(features[level], fraction, corner) if local else features[level])
-            for level, i in enumerate(ids)]
+def _conds(pool, cond, uncond) -> dict:
+    """The conditionings the pool's tasks need: the prompt, and the empty prompt for unconditional heads."""
+    return {"cond": cond, **({"uncond": uncond} if "local_uncond" in pool.tasks else {})}
+
+
+def _judge(pool, picks, t_batch, features, fraction, corner) -> dict:
+    """{(t*, task): [logit map per level]}: each head reads its level, for the samples at its t*,
+    whole for global heads and the shared crop window for local heads."""
+    out = {}
+    for t, by_task in picks.items():
+        rows = t_batch == t
+        for task, ids in by_task.items():
+            maps = features[_cond(task)]
+            local = task != "global_cond"
+            out[(t, task)] = [pool.heads[i](crop(maps[level][rows], fraction, corner) if local else maps[level][rows])
+                              for level, i in enumerate(ids)]
+    return out
 
 
 class _null:
