@@ -41,10 +41,29 @@ def as_component(sess, spec: ComponentSpec):
     return checked(spec, call)
 
 
+def check_external_data(bundle, path: Path, listed: list[str]) -> None:
+    """Every external-data file the graph names must be one of the artifact's listed files
+    (so inside the bundle, and checksummed)."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors have several types
+        raise BundleError(f"{path.name} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    allowed = {(bundle.root / rel).resolve() for rel in listed}
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (path.parent / location).resolve()
+        if target not in allowed:
+            raise BundleError(f"{path.name} reads weights from {location!r}, which is not a file of this artifact")
+
+
 def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None) -> dict:
     """ONNX Runtime components for every component of `bundle` at `precision`."""
     comps = {}
     for name, spec in bundle.specs.items():
         path = bundle.artifact_path(name, "onnx", precision)
+        check_external_data(bundle, path, bundle.artifact(name, "onnx", precision)["files"])
         comps[name] = as_component(session(path, providers, threads), spec)
     return comps
