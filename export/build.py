@@ -159,7 +159,7 @@ def _start_manifest(existing, tmp: Path, src: Source, dims, tokenizers, specs) -
     for i, tok in enumerate(tokenizers):
         rel = f"tokenizer{'' if i == 0 else f'_{i + 1}'}/tokenizer.json"
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        tok._backend.save(str(tmp / rel))
+        tok.save(tmp / rel)
         token_entries.append({"file": rel, "max_length": tok.info.max_length, "pad_token_id": tok.info.pad_token_id})
     sampler = src.params.to_dict()
     sampler["shift_source"] = src.shift_source

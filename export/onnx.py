@@ -67,11 +67,19 @@ def trace(module, spec: ComponentSpec, example: dict[str, np.ndarray], folder: P
         return _save(onnx.load(str(traced), load_external_data=True), final)
 
 
+def _weight_bytes(model) -> int:
+    """Bytes of the model's initializers (ByteSize() overflows past protobuf's 2 GiB limit)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
+    return total
+
+
 def _save(model, final: Path) -> list[Path]:
     """Save an ONNX model, with one external-data file when it would pass protobuf's limit."""
     onnx = require("onnx", "onnx")
     data = final.with_suffix(".onnx.data")
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if _weight_bytes(model) < PROTOBUF_LIMIT - 256 * 1024**2:
         onnx.save_model(model, str(final))
         return [final]
     onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -99,7 +107,7 @@ def export(component, folder: Path, precision: str) -> list[Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
-                                             disable_shape_infer=model.ByteSize() > PROTOBUF_LIMIT)
+                                             disable_shape_infer=_weight_bytes(model) > PROTOBUF_LIMIT // 2)
         return _save(model, final)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

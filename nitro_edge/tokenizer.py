@@ -37,6 +37,10 @@ class ClipTokenizer:
 
         return cls(Tokenizer.from_file(str(path)), info)
 
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as tokenizer.json (what bundles carry)."""
+        self._backend.save(str(path))
+
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
         """Token ids, int64, shape (len(prompts), max_length)."""
         encodings = self._backend.encode_batch(list(prompts))

@@ -101,3 +101,18 @@ def test_tiny_decoder_on_every_target(tiny_source, tmp_path):
     assert psnr_db(ref, tiny) >= 35
     with pytest.raises(Exception, match="AutoencoderTiny"):
         export_bundle(tiny_source("sd15"), tmp_path / "c", tiny_vae=tiny_source("sd15") / "vae")
+
+
+def test_models_over_the_protobuf_limit_use_one_external_data_file(tiny_source, tmp_path, monkeypatch):
+    """The >2 GB path, on a tiny model by lowering the limit: weights go to one .onnx.data file
+    beside the graph, listed and checksummed in the manifest, and parity still holds."""
+    import nitro_edge.export.onnx as onnx_target
+
+    monkeypatch.setattr(onnx_target, "PROTOBUF_LIMIT", 200 * 1024**2)  # under the 256 MiB headroom: always external
+    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], precision="fp16")
+    manifest = Bundle.open(out).manifest
+    art = manifest["components"]["generator"]["artifacts"]["onnx"]["fp16"]
+    assert art["files"] == ["onnx/fp16/generator.onnx", "onnx/fp16/generator.onnx.data"]
+    graph, data = (out / "onnx/fp16/generator.onnx").stat().st_size, (out / "onnx/fp16/generator.onnx.data").stat().st_size
+    assert graph < data / 2  # the weights live in the data file (tensors under 1 KiB stay inline)
+    assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
