@@ -114,5 +114,5 @@ def test_models_over_the_protobuf_limit_use_one_external_data_file(tiny_source, 
     art = manifest["components"]["generator"]["artifacts"]["onnx"]["fp16"]
     assert art["files"] == ["onnx/fp16/generator.onnx", "onnx/fp16/generator.onnx.data"]
     graph, data = (out / "onnx/fp16/generator.onnx").stat().st_size, (out / "onnx/fp16/generator.onnx.data").stat().st_size
-    assert graph < data / 2  # the weights live in the data file (tensors under 1 KiB stay inline)
+    assert data > 300_000 and graph < 600_000  # the weights over 1 KiB live in the data file
     assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
