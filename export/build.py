@@ -96,7 +96,8 @@ def export_bundle(
                 started = time.perf_counter()
                 report(f"{target} {precision}: exporting {name}")
                 _record(manifest, tmp, name, target, precision, precision,
-                        exporter.export(component, tmp / target / precision, precision))
+                        exporter.export(component, tmp / target / precision, precision),
+                        extra=getattr(exporter, "ARTIFACT_FACTS", None))
                 report(f"{target} {precision}: {name} written in {time.perf_counter() - started:.1f} s")
             manifest["parity"][f"{target}/{precision}"] = _gate(
                 tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, report)
@@ -113,9 +114,9 @@ def export_bundle(
     return out
 
 
-def _record(manifest, tmp: Path, name, target, precision, actual, files, reason=None) -> None:
+def _record(manifest, tmp: Path, name, target, precision, actual, files, reason=None, extra=None) -> None:
     entry = {"path": _package_root(files[0], tmp).relative_to(tmp).as_posix(),
-             "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual}
+             "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual, **(extra or {})}
     if reason:
         entry["fallback_reason"] = reason
     manifest["components"][name].setdefault("artifacts", {}).setdefault(target, {})[precision] = entry

@@ -21,7 +21,8 @@ from nitro_edge.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "int8", "pal4", "pal6", "pal8")
 COMPUTE_UNITS = "ALL"
-DEPLOYMENT_TARGET = "macOS14"
+DEPLOYMENT_TARGET = "macOS14"  # the same ML Program opset as iOS 17
+ARTIFACT_FACTS = {"compute_units": COMPUTE_UNITS, "minimum_deployment_target": f"{DEPLOYMENT_TARGET} / iOS17"}
 
 
 def export(component, folder: Path, precision: str) -> list[Path]:

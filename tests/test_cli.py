@@ -58,3 +58,16 @@ def test_user_mistakes_print_one_line(tiny_source, tmp_path, args, message):
 def test_usage_error_is_not_a_traceback():
     r = cli("export")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Missing argument" in r.stderr
+
+
+def test_generate_without_a_model_uses_the_embedded_default(tmp_path):
+    env = {**os.environ, "COLUMNS": "200", "NITRO_EDGE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([*CLI, "generate", "a red circle at the top left", "-o", str(tmp_path / "a.png")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "embedded default nitro-shapes-64" in r.stderr and Image.open(tmp_path / "a.png").size == (64, 64)
+    bundles = list((tmp_path / "cache").iterdir())
+    assert len(bundles) == 1 and (bundles[0] / "manifest.json").is_file()   # exported once, then reused
+    r = subprocess.run([*CLI, "generate", "a blue square", "-o", str(tmp_path / "b.png"), "--steps", "4"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and list((tmp_path / "cache").iterdir()) == bundles

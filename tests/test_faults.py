@@ -123,3 +123,41 @@ def test_onnx_external_data_outside_the_artifact_is_refused(tiny_source, tmp_pat
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="reads weights from '../../../outside.bin'"):
         nitro_edge.load(out, backend="onnx")
+
+
+@pytest.mark.parametrize("target, name", [("onnx", "generator.onnx"), ("openvino", "generator.xml")])
+def test_truncated_artifact_with_a_rewritten_manifest_fails_in_one_line(tiny_source, tmp_path, target, name):
+    """Even when an attacker also rewrites the checksums, a truncated model file gives a BundleError."""
+    from nitro_edge.bundle import file_entries
+    from nitro_edge.errors import BundleError
+    import nitro_edge
+
+    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=[target], precision="fp32")
+    path = out / target / "fp32" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = file_entries(out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cannot load|not a readable ONNX model") as err:
+        nitro_edge.load(out, backend=target)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_extra_names_the_pip_command(tiny_bundle, monkeypatch):
+    """A backend whose package is not installed: the error names the extra to install."""
+    import builtins
+
+    from nitro_edge.errors import MissingExtraError
+    import nitro_edge
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.delitem(sys.modules, "openvino", raising=False)
+    with pytest.raises(MissingExtraError, match=r"pip install 'nitro-edge\[openvino\]'"):
+        nitro_edge.load(tiny_bundle("sd15"), backend="openvino")

@@ -39,6 +39,8 @@ def test_every_target_and_precision_passes_its_gate(target, precision, matrix_bu
     for name in ("text_encoder", "generator", "vae_decoder"):
         art = bundle.manifest["components"][name]["artifacts"][target][precision]
         assert bundle.artifact_path(name, target, precision).exists()
+    if target == "coreml":
+        assert art["compute_units"] == "ALL" and art["minimum_deployment_target"].startswith("macOS14")
     if target == "coreml" and sys.platform != "darwin":
         assert parity["numeric"] is False and "macOS" in parity["reason"]
         weights = parity["spec"]["generator"]["weight_dtypes"]

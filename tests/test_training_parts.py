@@ -147,6 +147,11 @@ def test_prompt_formats_and_deterministic_order(tmp_path):
     folder.mkdir()
     (folder / "x.txt").write_text("five\n")
     assert read_prompts(folder) == ["five"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["six", " ", "seven"], "other": [1, 2, 3]}), tmp_path / "p.parquet")
+    assert read_prompts(tmp_path / "p.parquet") == ["six", "seven"]
     with pytest.raises(InputError, match="expected a JSON object with a 'prompt' field"):
         (tmp_path / "bad.jsonl").write_text("[1]\n")
         read_prompts(tmp_path / "bad.jsonl")

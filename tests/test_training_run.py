@@ -104,3 +104,15 @@ def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_pa
     from nitro_edge.export import export_bundle
     bundle = export_bundle(tmp_path / "run" / "student", tmp_path / "bundle")
     assert (bundle / "manifest.json").is_file()
+
+
+def test_accumulation_bf16_checkpointing_and_local_only_tasks_run(tiny_source, tmp_path):
+    """The systems options together on CPU: they must train and move the student."""
+    cfg = config(tmp_path, tiny_source("sd15"), tmp_path / "run", max_steps=2, gradient_accumulation=2,
+                 mixed_precision="bf16", gradient_checkpointing=True, loss="non_saturating",
+                 tasks=["local_cond", "local_uncond"], pool_size=24)
+    student = train(cfg, progress=False)
+    start = load_file(str(tiny_source("sd15") / "unet" / "diffusion_pytorch_model.safetensors"))
+    trained = load_file(str(tmp_path / "run/checkpoints/step_00000002/student.safetensors"))
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    assert (student / "unet").is_dir()
