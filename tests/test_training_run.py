@@ -107,12 +107,16 @@ def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_pa
 
 
 def test_accumulation_bf16_checkpointing_and_local_only_tasks_run(tiny_source, tmp_path):
-    """The systems options together on CPU: they must train and move the student."""
+    """The systems options together on CPU, in their own process (accelerate's precision is
+    process-wide): they must train and move the student."""
     cfg = config(tmp_path, tiny_source("sd15"), tmp_path / "run", max_steps=2, gradient_accumulation=2,
                  mixed_precision="bf16", gradient_checkpointing=True, loss="non_saturating",
                  tasks=["local_cond", "local_uncond"], pool_size=24)
-    student = train(cfg, progress=False)
+    script = tmp_path / "run_one.py"
+    script.write_text(RANK_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), json.dumps(cfg.to_dict())], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     start = load_file(str(tiny_source("sd15") / "unet" / "diffusion_pytorch_model.safetensors"))
     trained = load_file(str(tmp_path / "run/checkpoints/step_00000002/student.safetensors"))
     assert any(not torch.equal(start[k], trained[k]) for k in start)
-    assert (student / "unet").is_dir()
+    assert (tmp_path / "run" / "student" / "unet").is_dir()
