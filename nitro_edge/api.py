@@ -94,7 +94,9 @@ def load(
     if is_pipeline_folder(path) or not path.exists():
         if backend not in ("auto", "torch"):
             raise InputError(f"a source folder runs on the torch backend only (export it for {backend!r})")
+        if options:
+            raise InputError(f"the torch backend takes no options {sorted(options)} for a source folder")
         source = resolve_source(path, unet=unet, shift=shift)
-        dims, tokenizers, components = _backend_module("torch").load_source(source, height, width, **options)
+        dims, tokenizers, components = _backend_module("torch").load_source(source, height, width)
         return Sampler(dims=dims, params=source.params, tokenizers=tokenizers, components=components, backend="torch")
     raise SourceError(f"{path} is neither a bundle (manifest.json) nor a diffusers pipeline folder (model_index.json)")

@@ -1,6 +1,5 @@
 """Every target x precision on the tiny models, the fp16 overflow fallback, and the tiny decoder."""
 
-import json
 import shutil
 import sys
 
