@@ -116,7 +116,7 @@ def load_modules(source: Source, height: int | None = None, width: int | None = 
             pooled = int(model.config.projection_dim)
         backend, info = tokenizer_from_folder(path / name.replace("text_encoder", "tokenizer"))
         tokenizers.append(ClipTokenizer(backend, info))
-    unet = _load_unet(diffusers, source)
+    unet = load_unet(diffusers, source)
     if source.tiny_vae is not None:
         vae = diffusers.AutoencoderTiny.from_pretrained(source.tiny_vae, torch_dtype=torch.float32)
         vae_scale = 2 ** (len(json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
@@ -146,7 +146,8 @@ def load_modules(source: Source, height: int | None = None, width: int | None = 
     return dims, tokenizers, modules
 
 
-def _load_unet(diffusers, source: Source):
+def load_unet(diffusers, source: Source):
+    """The source's UNet in fp32: its own, or the --unet safetensors file on the base folder's config."""
     if source.unet_file is None:
         return diffusers.UNet2DConditionModel.from_pretrained(source.path / "unet", torch_dtype=torch.float32)
     safetensors_torch = require("safetensors.torch", "torch")

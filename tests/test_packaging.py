@@ -18,13 +18,10 @@ def test_layers_install_under_the_namespace():
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
 
 
-def test_core_and_onnx_runtime_import_no_torch(tiny_bundle):
-    bundle = tiny_bundle("sd15")
-    code = (
-        "import sys, nitro_edge\n"
-        f"s = nitro_edge.load({str(bundle)!r}, backend='onnx')\n"
-        "s.generate('a red circle', steps=2)\n"
-        "import nitro_edge.cli.main\n"
+def assert_runs_without_torch(body: str) -> None:
+    """Run `body` in a fresh interpreter, then require that torch (and friends) were never imported."""
+    code = body + (
+        "import sys\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules\n"
         "print('clean')"
@@ -33,15 +30,20 @@ def test_core_and_onnx_runtime_import_no_torch(tiny_bundle):
     assert result.stdout.strip() == "clean", result.stderr
 
 
+def test_core_and_onnx_runtime_import_no_torch(tiny_bundle):
+    bundle = tiny_bundle("sd15")
+    assert_runs_without_torch(
+        "import nitro_edge\n"
+        f"s = nitro_edge.load({str(bundle)!r}, backend='onnx')\n"
+        "s.generate('a red circle', steps=2)\n"
+        "import nitro_edge.cli.main\n"
+    )
+
+
 def test_cli_help_imports_no_torch():
-    code = (
-        "import sys\n"
+    assert_runs_without_torch(
         "from typer.testing import CliRunner\n"
         "from nitro_edge.cli.main import app\n"
         "r = CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0 and 'export' in r.output, r.output\n"
-        "assert 'torch' not in sys.modules\n"
-        "print('clean')"
     )
-    result = run_python(code)
-    assert result.stdout.strip() == "clean", result.stderr

@@ -8,6 +8,7 @@ encoder's features; the student learns to fool those same heads; ~1% of the pool
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from nitro_edge._lazy import require
-from nitro_edge.runtimes.torch import Generator, _load_unet, load_modules
+from nitro_edge.runtimes.torch import Generator, load_unet, load_modules
 from nitro_edge.sources import resolve_source
 from nitro_edge.training import checkpoint
 from nitro_edge.training.backbone import EncoderBackbone
@@ -68,7 +69,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     # --- The student: the teacher's UNet (or a given one) with the shifted x0 step on top.
     student_unet = (copy.deepcopy(modules["generator"].unet) if not cfg.student_unet else
-                    _load_unet(require("diffusers", "torch"), resolve_source(cfg.teacher, unet=cfg.student_unet)))
+                    load_unet(require("diffusers", "torch"), resolve_source(cfg.teacher, unet=cfg.student_unet)))
     _place(student_unet, device, torch.float32).train().requires_grad_(True)
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
@@ -121,6 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
             sample_ids = order.indices(step * cfg.gradient_accumulation + micro, cfg.batch_size, rank, world)
             n = len(sample_ids)
+            uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
             if cache is not None:
                 items = [cache.get(i) for i in sample_ids]
                 noise = torch.stack([it["noise"] for it in items]).to(device)
@@ -129,15 +131,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             else:
                 cond = conditioner([prompts.prompts[i] for i in sample_ids], device)
                 noise = torch.randn((n, *dims.latent_shape), generator=gen).to(device)
-                uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
                 with acc.autocast():
                     real = teacher(noise.to(weight_dtype), cond, uncond).float()
-            uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
 
             # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k is
             # drawn from the shared generator, since DDP needs the same forwards on every rank.
             k = steps_for(step, cfg.refine_starts, shared)
-            context = acc.no_sync(student) if not sync and world > 1 else _null()
+            context = acc.no_sync(student) if not sync and world > 1 else contextlib.nullcontext()
             with context, acc.autocast():
                 fake = student_sample(student, noise, cond, source.params, k, alphas, gen).float()
 
@@ -149,12 +149,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             with torch.no_grad(), acc.autocast():
                 noisy_real = add_noise(real, eps, t_batch, alphas).to(weight_dtype)
                 noisy_fake = add_noise(fake.detach(), eps, t_batch, alphas).to(weight_dtype)
-                seen = {side: {c: backbone(x, t_batch, **_kw(cd)) for c, cd in conds.items()}
-                        for side, x in (("real", noisy_real), ("fake", noisy_fake))
-                        for conds in [_conds(pool, cond, uncond)]}
+                conds = _conds(pool, cond, uncond)
+                seen = {side: {c: backbone(x, t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
+                        for side, x in (("real", noisy_real), ("fake", noisy_fake))}
                 if cfg.r1_weight > 0:
                     perturbed = noisy_real + cfg.r1_sigma * torch.randn(noise.shape, generator=gen).to(device)
-                    seen["perturbed"] = {"cond": backbone(perturbed.to(weight_dtype), t_batch, **_kw(cond))}
+                    seen["perturbed"] = {"cond": backbone(perturbed.to(weight_dtype), t_batch, **unet_kwargs(cond))}
             with acc.autocast():
                 real_logits = _judge(pool, picks, t_batch, seen["real"], cfg.local_fraction, corner)
                 fake_logits = _judge(pool, picks, t_batch, seen["fake"], cfg.local_fraction, corner)
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             pool.requires_grad_(False)
             with context, acc.autocast():
                 noisy = add_noise(fake, eps, t_batch, alphas).to(weight_dtype)
-                feats = {c: backbone(noisy, t_batch, **_kw(cd)) for c, cd in _conds(pool, cond, uncond).items()}
+                feats = {c: backbone(noisy, t_batch, **unet_kwargs(cd)) for c, cd in _conds(pool, cond, uncond).items()}
                 logits = _judge(pool, picks, t_batch, feats, cfg.local_fraction, corner)
                 g_loss = 0.0
                 for key, maps in logits.items():
@@ -263,10 +263,6 @@ def _cond(task: str) -> str:
     return "uncond" if task == "local_uncond" else "cond"
 
 
-def _kw(cond: dict) -> dict:
-    return unet_kwargs(cond)
-
-
 def _conds(pool, cond, uncond) -> dict:
     """The conditionings the pool's tasks need: the prompt, and the empty prompt for unconditional heads."""
     return {"cond": cond, **({"uncond": uncond} if "local_uncond" in pool.tasks else {})}
@@ -284,14 +280,6 @@ def _judge(pool, picks, t_batch, features, fraction, corner) -> dict:
             out[(t, task)] = [pool.heads[i](crop(maps[level][rows], fraction, corner) if local else maps[level][rows])
                               for level, i in enumerate(ids)]
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _writer(out: Path, acc):

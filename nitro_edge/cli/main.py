@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from nitro_edge.errors import NitroEdgeError
+from nitro_edge.specs import PRECISIONS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step text-to-image on device.")
 
@@ -24,8 +25,7 @@ class Target(str, enum.Enum):
     all = "all"
 
 
-Precision = enum.Enum("Precision", {p.replace("-", "_"): p for p in
-                                    ("fp32", "fp16", "int8", "int8-hybrid", "pal4", "pal6", "pal8")}, type=str)
+Precision = enum.Enum("Precision", {p.replace("-", "_"): p for p in PRECISIONS}, type=str)
 
 
 class Backend(str, enum.Enum):
