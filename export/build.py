@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,10 +50,12 @@ def export_bundle(
     unet: str | Path | None = None,
     shift: int | None = None,
     tiny_vae: str | Path | None = None,
+    options: Mapping[str, Mapping[str, object]] | None = None,
     report: Callable[[str], None] = log.info,
 ) -> Path:
     """Export `source` to the bundle folder `out` for each target at `precision`; returns `out`.
 
+    `options` maps a target to keyword arguments of its Options (e.g. {"coreml": {"chunks": 2}}).
     If `out` is already a bundle of the same model and settings, the new artifacts join it.
     Nothing appears at `out` unless every artifact passes its parity gate.
     """
@@ -67,6 +69,7 @@ def export_bundle(
     if unsupported:
         raise InputError(f"precision {precision} is not available for {unsupported}: "
                          + "; ".join(f"{t}: {', '.join(target_precisions(t))}" for t in unsupported))
+    chosen = _target_options(targets, options or {})
     out = Path(out)
     existing = _existing_bundle(out)
     src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae)
@@ -96,11 +99,12 @@ def export_bundle(
                 started = time.perf_counter()
                 report(f"{target} {precision}: exporting {name}")
                 _record(manifest, tmp, name, target, precision, precision,
-                        exporter.export(component, tmp / target / precision, precision),
-                        extra=getattr(exporter, "ARTIFACT_FACTS", None))
+                        exporter.export(component, tmp / target / precision, precision, chosen[target]),
+                        extra=chosen[target].facts(name))
                 report(f"{target} {precision}: {name} written in {time.perf_counter() - started:.1f} s")
             manifest["parity"][f"{target}/{precision}"] = _gate(
-                tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, report)
+                tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter,
+                chosen[target], report)
         manifest["files"] = file_entries(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         Bundle.open(tmp)  # the bundle we are about to publish must read back
@@ -114,9 +118,29 @@ def export_bundle(
     return out
 
 
+def _target_options(targets: list[str], options: Mapping[str, Mapping[str, object]]) -> dict:
+    """Each target's Options, built (and so validated) before any work starts."""
+    stray = sorted(set(options) - set(targets))
+    if stray:
+        raise InputError(f"options given for targets {stray}, which this export does not write (targets: {targets})")
+    chosen = {}
+    for target in targets:
+        cls = importlib.import_module(f"nitro_edge.export.{target}").Options
+        given = dict(options.get(target, {}))
+        known = set(cls.__dataclass_fields__)
+        if set(given) - known:
+            raise InputError(f"{target} options are {sorted(known) or 'none'}, got {sorted(set(given) - known)}")
+        chosen[target] = cls(**given)
+    return chosen
+
+
 def _record(manifest, tmp: Path, name, target, precision, actual, files, reason=None, extra=None) -> None:
-    entry = {"path": _package_root(files[0], tmp).relative_to(tmp).as_posix(),
-             "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual, **(extra or {})}
+    roots = list(dict.fromkeys(_package_root(f, tmp).relative_to(tmp).as_posix() for f in files))
+    roots = [r for r in roots if r.endswith(".mlpackage")] or roots[:1]
+    entry = {"path": roots[0], "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual,
+             **(extra or {})}
+    if len(roots) > 1:
+        entry["chunks"] = roots  # packages run in this order, each feeding the next
     if reason:
         entry["fallback_reason"] = reason
     manifest["components"][name].setdefault("artifacts", {}).setdefault(target, {})[precision] = entry
@@ -213,7 +237,8 @@ def _first(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[:1] for k, v in arrays.items()}
 
 
-def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, report) -> dict:
+def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, options,
+          report) -> dict:
     """Load the new artifacts with their runtime and hold them against torch. A component that
     fails at fp16 (overflow: NaN, Inf, collapsed SNR) is re-exported at fp32 and recorded so."""
     runtime = importlib.import_module(f"nitro_edge.runtimes.{target}")
@@ -233,10 +258,18 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
                 raise
             report(f"{target} fp16: {name} fails parity ({exc}); keeping it in fp32")
             _record(manifest, tmp, name, target, precision, "fp32",
-                    exporter.export(sources[name], tmp / target / precision, "fp32"), reason=str(exc))
+                    exporter.export(sources[name], tmp / target / precision, "fp32", options), reason=str(exc),
+                    extra=options.facts(name))
             bundle = _draft(tmp, manifest)
             candidate = runtime.load(bundle, precision)
             errors[name] = compare_component(name, reference[name], candidate[name], examples[name], "fp32")
+    variants = {}
+    for label, kwargs in getattr(options, "gate_variants", dict)().items():
+        other = runtime.load(bundle, precision, **kwargs)
+        variants[label] = {name: compare_component(name, reference[name], other[name], examples[name],
+                                                   bundle.artifact(name, target, precision)["precision"])
+                           for name in sources}
+        report(f"{target} {precision}: {label} passed parity")
     sampler = Sampler(dims=bundle.dims, params=bundle.params, tokenizers=bundle.tokenizers(),
                       components=candidate, backend=target)
     images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
@@ -250,6 +283,7 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
         "end_to_end_psnr_db": round(psnr, 2),
         "floor": {"psnr_db": floor.psnr_db, "component_snr_db": floor.component_snr_db,
                   "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs},
+        **({"variants": variants} if variants else {}),
         "prompts": list(PARITY_PROMPTS),
         "seed": PARITY_SEED,
         "steps": 1,

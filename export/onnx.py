@@ -7,6 +7,14 @@
   needs no calibration set per model and ONNX Runtime's CPU kernels for it are mature; convolutions
   stay fp32 (ConvInteger is slow or missing on several execution providers).
 Models over 2 GB keep their weights in one external-data file beside the graph.
+
+Options (recorded on every artifact):
+- optimize: ONNX Runtime's transformer optimiser fuses the fp32 graph before the precision step
+  (attention into MultiHeadAttention/Attention, LayerNorm+Add into SkipLayerNormalization, Gelu),
+  with the fusions ONNX Runtime's CPU provider can run; packed QKV, NHWC convolutions, BiasSplitGelu
+  and GroupNorm fusion are CUDA kernels and stay off (GroupNorm: see docs/export.md).
+- ort_format: also write <name>.ort (ONNX Runtime's flatbuffer format, what ONNX Runtime Mobile
+  loads), optimised at the portable "basic" level; parity-checked like the .onnx file.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,26 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2
 FP16_KEEP_FP32 = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "Pow", "Exp",
                   "ReduceMean", "Sqrt", "Erf", "Range", "CumSum", "RandomNormalLike", "Resize"]
 INT8_OPS = ["MatMul", "Gemm", "Gather"]  # Gather: the token embedding, most of a text encoder's bytes
+FUSION_MODEL_TYPES = {"text_encoder": "clip", "text_encoder_2": "clip", "generator": "unet", "vae_decoder": "vae"}
+FUSED_KEEP_FP32 = ["MultiHeadAttention", "Attention", "SkipLayerNormalization", "Gelu"]  # CPU kernels are fp32
+
+
+@dataclass(frozen=True)
+class Options:
+    optimize: bool = False
+    ort_format: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("optimize", "ort_format"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"onnx {name} must be true or false, got {getattr(self, name)!r}")
+
+    def facts(self, component: str) -> dict:
+        return {"graph_optimized": self.optimize}
+
+    def gate_variants(self) -> dict[str, dict]:
+        """Other ways a runtime opens these artifacts, each held to the same parity floor."""
+        return {"ort_format": {"ort_format": True}} if self.ort_format else {}
 
 
 def trace(module, spec: ComponentSpec, example: dict[str, np.ndarray], folder: Path) -> list[Path]:
@@ -87,18 +116,26 @@ def _save(model, final: Path) -> list[Path]:
     return [final, data]
 
 
-def export(component, folder: Path, precision: str) -> list[Path]:
-    """Write <name>.onnx (and its .data file if large) at `precision` into `folder`."""
+def export(component, folder: Path, precision: str, options: Options = Options()) -> list[Path]:
+    """Write <name>.onnx (and its .data file if large, and <name>.ort if asked) at `precision`."""
     if precision not in PRECISIONS:
         raise InputError(f"the onnx target supports precisions {PRECISIONS}, got {precision!r}")
     folder.mkdir(parents=True, exist_ok=True)
     source = component.onnx_fp32()
-    final = folder / source.name
+    if options.optimize:
+        source = _fused(source, component.name, source.parent.parent / "onnx-fused")
+    files = _at_precision(source, folder / f"{component.name}.onnx", precision, options.optimize)
+    if options.ort_format:
+        files.append(_ort_format(files[0]))
+    return files
+
+
+def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> list[Path]:
     if precision == "fp32":
         files = [source, *([source.with_suffix(".onnx.data")] if source.with_suffix(".onnx.data").exists() else [])]
         for f in files:
-            shutil.copy2(f, folder / f.name)
-        return [folder / f.name for f in files]
+            shutil.copy2(f, final.parent / f.name)
+        return [final.parent / f.name for f in files]
     onnx = require("onnx", "onnx")
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -106,15 +143,65 @@ def export(component, folder: Path, precision: str) -> list[Path]:
         model = onnx.load(str(source), load_external_data=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
-                                             disable_shape_infer=_weight_bytes(model) > PROTOBUF_LIMIT // 2)
+            if fused:  # onnx's shape inference does not know the fused (com.microsoft) ops; ORT's does
+                from onnxruntime.transformers.onnx_model import OnnxModel
+
+                wrapped = OnnxModel(model)
+                wrapped.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
+                                                 op_block_list=FP16_KEEP_FP32 + FUSED_KEEP_FP32)
+                model = wrapped.model
+            else:
+                model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                                 disable_shape_infer=_weight_bytes(model) > PROTOBUF_LIMIT // 2)
         return _save(model, final)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = source.stat().st_size + _data_size(source) > PROTOBUF_LIMIT
+    # Fused (com.microsoft) ops have no types in onnx's shape inference; their tensors are float.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
     quantize_dynamic(str(source), str(final), op_types_to_quantize=INT8_OPS, weight_type=QuantType.QInt8,
-                     per_channel=False, use_external_data_format=large)
-    return [final] + sorted(p for p in folder.glob(f"{final.name}*") if p != final)
+                     per_channel=False, use_external_data_format=large, extra_options=extra)
+    return [final] + sorted(p for p in final.parent.glob(f"{final.name}*") if p != final)
+
+
+def _fused(source: Path, name: str, folder: Path) -> Path:
+    """The fp32 graph after ONNX Runtime's transformer fusions for CPU (made once per component)."""
+    final = folder / source.name
+    if final.exists():
+        return final
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fusion = FusionOptions(FUSION_MODEL_TYPES[name])
+    for cuda_only in ("enable_packed_qkv", "enable_packed_kv", "enable_nhwc_conv", "enable_bias_splitgelu",
+                      "enable_group_norm", "enable_skip_group_norm", "enable_bias_add"):
+        setattr(fusion, cuda_only, False)
+    folder.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = optimize_model(str(source), model_type=FUSION_MODEL_TYPES[name], optimization_options=fusion,
+                               opt_level=0, use_gpu=False)
+    model.topological_sort()
+    if not any(o.domain == "com.microsoft" for o in model.model.opset_import):  # the fused ops' domain
+        model.model.opset_import.append(require("onnx", "onnx").helper.make_opsetid("com.microsoft", 1))
+    _save(model.model, final)
+    return final
+
+
+def _ort_format(model_path: Path) -> Path:
+    """<name>.ort beside `model_path`: the graph in ONNX Runtime's own format, basic optimisations."""
+    if model_path.stat().st_size + _data_size(model_path) > PROTOBUF_LIMIT:
+        raise InputError(f"{model_path.name} is over 2 GB; the ORT format (flatbuffers) cannot hold it. "
+                         "Drop --ort-format for this model (ONNX Runtime Mobile is for models under 2 GB)")
+    ort = require("onnxruntime", "onnx")
+    out = model_path.with_suffix(".ort")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out)
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    return out
 
 
 def _data_size(path: Path) -> int:

@@ -10,6 +10,7 @@ batch 1 and the bundle's resolution (so it also compiles for NPUs).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from nitro_edge._lazy import require
@@ -18,11 +19,19 @@ from nitro_edge.errors import InputError
 PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
 
 
+@dataclass(frozen=True)
+class Options:
+    """None at export: the compile cache, device and precision hint are runtime options."""
+
+    def facts(self, component: str) -> dict:
+        return {}
+
+
 def static_shapes(spec) -> dict:
     return {t.name: [1 if d == "batch" else d for d in t.shape] for t in spec.inputs}
 
 
-def export(component, folder: Path, precision: str) -> list[Path]:
+def export(component, folder: Path, precision: str, options: Options = Options()) -> list[Path]:
     """Write <name>.xml and <name>.bin at `precision` into `folder`."""
     if precision not in PRECISIONS:
         raise InputError(f"the openvino target supports precisions {PRECISIONS}, got {precision!r}")

@@ -124,7 +124,10 @@ class Bundle:
                 for precision, art in by_precision.items():
                     if not (isinstance(art, dict) and isinstance(art.get("path"), str) and isinstance(art.get("files"), list)):
                         raise BundleError(f"artifact {name}/{target}/{precision} needs path (str) and files (list)")
-                    for rel in [art["path"], *art["files"]]:
+                    chunks = art.get("chunks", [])
+                    if not (isinstance(chunks, list) and all(isinstance(c, str) for c in chunks)):
+                        raise BundleError(f"artifact {name}/{target}/{precision} 'chunks' must be a list of paths")
+                    for rel in [art["path"], *art["files"], *chunks]:
                         safe_relpath(self.root, rel)
 
     def verify_files(self) -> None:
@@ -174,6 +177,16 @@ class Bundle:
         if not path.exists():
             raise BundleError(f"{art['path']} is missing from the bundle")
         return path
+
+    def artifact_parts(self, component: str, target: str, precision: str) -> list[Path]:
+        """The paths a runtime opens in order: the artifact, or each of its chunks."""
+        art = self.artifact(component, target, precision)
+        first = self.artifact_path(component, target, precision)
+        parts = [first] + [safe_relpath(self.root, rel) for rel in art.get("chunks", [])[1:]]
+        for rel, path in zip(art.get("chunks", []), parts):
+            if not path.exists() or not any(f == rel or f.startswith(rel + "/") for f in art["files"]):
+                raise BundleError(f"chunk {rel} of {component} is missing or not among the artifact's files")
+        return parts
 
     def tokenizers(self) -> list[ClipTokenizer]:
         out = []

@@ -17,8 +17,11 @@ def available() -> bool:
     return platform.system() == "Darwin"
 
 
-def as_component(model, spec: ComponentSpec):
+def as_component(models: list, spec: ComponentSpec):
+    """One package, or chunks run in order: each reads what it needs from the inputs and the
+    outputs of the chunks before it."""
     names = [t.name for t in spec.outputs]
+    wanted = [[i.name for i in m.get_spec().description.input] for m in models]
 
     def call(**arrays: np.ndarray) -> dict:
         batch = arrays[spec.inputs[0].name].shape[0]
@@ -26,9 +29,10 @@ def as_component(model, spec: ComponentSpec):
         for i in range(batch):  # the package has static batch 1
             feed = {t.name: arrays[t.name][i : i + 1].astype(np.int32 if t.dtype == "int64" else np.float32)
                     for t in spec.inputs}
-            result = model.predict(feed)
+            for model, inputs in zip(models, wanted):
+                feed.update(model.predict({k: feed[k] for k in inputs}))
             for n in names:
-                outs[n].append(np.asarray(result[n], dtype=np.float32))
+                outs[n].append(np.asarray(feed[n], dtype=np.float32))
         return {n: np.concatenate(v) for n, v in outs.items()}
 
     return checked(spec, call)
@@ -43,12 +47,13 @@ def load(bundle, precision: str = "fp16", compute_units: str = "ALL") -> dict:
         raise InputError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
     comps = {}
     for name, spec in bundle.specs.items():
-        path = bundle.artifact_path(name, "coreml", precision)
-        try:
-            model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
-        except Exception as exc:  # coremltools raises several types for bad packages
-            raise BundleError(f"Core ML cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
-        comps[name] = as_component(model, spec)
+        models = []
+        for path in bundle.artifact_parts(name, "coreml", precision):
+            try:
+                models.append(ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units)))
+            except Exception as exc:  # coremltools raises several types for bad packages
+                raise BundleError(f"Core ML cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
+        comps[name] = as_component(models, spec)
     return comps
 
 
@@ -58,21 +63,33 @@ def check_spec(bundle, precision: str) -> dict:
     ct = require("coremltools", "coreml")
     report = {}
     for name, spec in bundle.specs.items():
-        path = bundle.artifact_path(name, "coreml", precision)
-        model = ct.models.MLModel(str(path), skip_model_load=True)
-        desc = model.get_spec().description
-        got_in = {i.name: (list(i.type.multiArrayType.shape), i.type.multiArrayType.dataType) for i in desc.input}
-        got_out = [o.name for o in desc.output]
+        parts = bundle.artifact_parts(name, "coreml", precision)
+        models = [ct.models.MLModel(str(path), skip_model_load=True) for path in parts]
+        descs = [m.get_spec().description for m in models]
+        got_in = {i.name: (list(i.type.multiArrayType.shape), i.type.multiArrayType.dataType) for i in descs[0].input}
+        label = parts[0].name
         for t in spec.inputs:
             if t.name not in got_in:
-                raise BundleError(f"{name}.mlpackage lacks input {t.name!r}; it has {sorted(got_in)}")
+                raise BundleError(f"{label} lacks input {t.name!r}; it has {sorted(got_in)}")
             want = [1 if d == "batch" else d for d in t.shape]
             if got_in[t.name][0] != want:
-                raise BundleError(f"{name}.mlpackage input {t.name} has shape {got_in[t.name][0]}, expected {want}")
+                raise BundleError(f"{label} input {t.name} has shape {got_in[t.name][0]}, expected {want}")
+        known = {t.name for t in spec.inputs}
+        for path, desc in zip(parts, descs):  # each chunk reads only inputs or earlier chunks' outputs
+            stray = [i.name for i in desc.input if i.name not in known]
+            if stray:
+                raise BundleError(f"{path.name} needs {stray}, which no earlier chunk produces")
+            known |= {o.name for o in desc.output}
+        got_out = [o.name for o in descs[-1].output]
         if got_out != [t.name for t in spec.outputs]:
-            raise BundleError(f"{name}.mlpackage outputs are {got_out}, expected {[t.name for t in spec.outputs]}")
-        weights = _weight_dtypes(model)
+            raise BundleError(f"{parts[-1].name} outputs are {got_out}, expected {[t.name for t in spec.outputs]}")
+        weights: dict[str, int] = {}
+        for model in models:
+            for key, count in _weight_dtypes(model).items():
+                weights[key] = weights.get(key, 0) + count
         report[name] = {"inputs": sorted(got_in), "outputs": got_out, "weight_dtypes": weights}
+        if len(parts) > 1:
+            report[name]["chunks"] = [p.name for p in parts]
     return report
 
 

@@ -59,11 +59,20 @@ def check_external_data(bundle, path: Path, listed: list[str]) -> None:
             raise BundleError(f"{path.name} reads weights from {location!r}, which is not a file of this artifact")
 
 
-def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None) -> dict:
-    """ONNX Runtime components for every component of `bundle` at `precision`."""
+def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None,
+         ort_format: bool = False) -> dict:
+    """ONNX Runtime components for every component of `bundle` at `precision`; with `ort_format`,
+    from the .ort files written by `--ort-format` (what ONNX Runtime Mobile loads)."""
     comps = {}
     for name, spec in bundle.specs.items():
         path = bundle.artifact_path(name, "onnx", precision)
-        check_external_data(bundle, path, bundle.artifact(name, "onnx", precision)["files"])
+        files = bundle.artifact(name, "onnx", precision)["files"]
+        if ort_format:
+            rel = next((f for f in files if f.endswith(".ort")), None)
+            if rel is None:
+                raise BundleError(f"the onnx {precision} {name} artifact has no .ort file; export with --ort-format")
+            path = bundle.path(rel)
+        else:
+            check_external_data(bundle, path, files)
         comps[name] = as_component(session(path, providers, threads), spec)
     return comps

@@ -55,6 +55,10 @@ class Generator(nn.Module):
         model_out = self.unet(
             sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
         )[0]
+        return (self.denoise(sample, timestep, model_out),)
+
+    def denoise(self, sample, timestep, model_out):
+        """The LCM step to x0 at `timestep`, with the boundary-condition scalings."""
         a = self.sqrt_alpha[timestep].view(-1, 1, 1, 1)
         s = self.sqrt_beta[timestep].view(-1, 1, 1, 1)
         if self.v_prediction:
@@ -63,7 +67,7 @@ class Generator(nn.Module):
             x0 = (sample - s * model_out) / a
         c_skip = self.c_skip[timestep].view(-1, 1, 1, 1)
         c_out = self.c_out[timestep].view(-1, 1, 1, 1)
-        return (c_out * x0 + c_skip * sample,)
+        return c_out * x0 + c_skip * sample
 
 
 class VaeDecoder(nn.Module):

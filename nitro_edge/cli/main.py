@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from nitro_edge.errors import NitroEdgeError
+from nitro_edge.errors import InputError, NitroEdgeError
+from nitro_edge.export import coreml as coreml_target
 from nitro_edge.specs import PRECISIONS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step text-to-image on device.")
@@ -26,6 +27,11 @@ class Target(str, enum.Enum):
 
 
 Precision = enum.Enum("Precision", {p.replace("-", "_"): p for p in PRECISIONS}, type=str)
+
+
+CoremlTarget = enum.Enum("CoremlTarget", {t: t for t in coreml_target.DEPLOYMENT_TARGETS}, type=str)
+ComputeUnits = enum.Enum("ComputeUnits", {u: u for u in coreml_target.COMPUTE_UNITS}, type=str)
+Attention = enum.Enum("Attention", {a: a for a in coreml_target.ATTENTION}, type=str)
 
 
 class Backend(str, enum.Enum):
@@ -53,12 +59,29 @@ def export(
     unet: Optional[Path] = typer.Option(None, "--unet", help="UNet .safetensors replacing the source's"),
     shift: Optional[int] = typer.Option(None, "--shift", help="timestep shift (NitroSD: 250 Realism, 500 Vibrant)"),
     tiny_vae: Optional[Path] = typer.Option(None, "--tiny-vae", help="AutoencoderTiny (TAESD) folder as vae_decoder"),
+    onnx_optimize: bool = typer.Option(False, "--onnx-optimize", help="onnx: fuse attention and LayerNorm (ONNX Runtime's optimiser)"),
+    ort_format: bool = typer.Option(False, "--ort-format", help="onnx: also write .ort files (ONNX Runtime Mobile)"),
+    coreml_target: Optional[CoremlTarget] = typer.Option(None, "--coreml-target", help="coreml: minimum deployment target [default: macOS14]"),
+    compute_units: Optional[ComputeUnits] = typer.Option(None, "--compute-units", help="coreml: compute units to record [default: ALL]"),
+    attention: Optional[Attention] = typer.Option(None, "--attention", help="coreml: generator attention [default: original]"),
+    chunks: Optional[int] = typer.Option(None, "--chunks", help="coreml: generator as 1 package or 2 chunks [default: 1]"),
 ) -> None:
     """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
     from nitro_edge.export import TARGETS, export_bundle, target_precisions
 
     targets = [target.value] if target.value != "all" else [
         t for t in TARGETS if precision.value in target_precisions(t)]
+    given = {
+        "onnx": {"optimize": onnx_optimize or None, "ort_format": ort_format or None},
+        "coreml": {"deployment_target": coreml_target and coreml_target.value,
+                   "compute_units": compute_units and compute_units.value,
+                   "attention": attention and attention.value, "chunks": chunks},
+    }
+    options = {t: {k: v for k, v in kw.items() if v is not None} for t, kw in given.items()}
+    options = {t: kw for t, kw in options.items() if kw}
+    stray = sorted(set(options) - set(targets))
+    if stray:
+        raise InputError(f"options for {stray} were given, but the export writes {targets}")
 
     console = _console()
     started = time.perf_counter()
@@ -69,7 +92,7 @@ def export(
             console.log(message)
 
         export_bundle(source, output, targets=targets, precision=precision.value, height=height,
-                      width=width, unet=unet, shift=shift, tiny_vae=tiny_vae, report=report)
+                      width=width, unet=unet, shift=shift, tiny_vae=tiny_vae, options=options, report=report)
     console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
 
 
@@ -90,7 +113,6 @@ def generate(
 ) -> None:
     """Generate images for PROMPT with a bundle or a source folder."""
     import nitro_edge
-    from nitro_edge.errors import InputError
 
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
@@ -172,7 +194,6 @@ def bench(
     import json
 
     from nitro_edge.bench import plot, run_all
-    from nitro_edge.errors import InputError
     from nitro_edge.runtimes import BACKENDS
 
     if runs < 1:
