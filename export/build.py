@@ -4,6 +4,8 @@ into place only after every artifact passed its parity gate."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import gc
 import importlib
 import json
 import logging
@@ -76,12 +78,7 @@ def export_bundle(
     from nitro_edge.runtimes import torch as torch_rt
 
     report(f"loading {src.architecture} source {src.path}")
-    dims, tokenizers, modules = torch_rt.load_modules(src, height, width)
-    specs = component_specs(dims)
-    reference = {n: torch_rt.as_component(modules[n], specs[n]) for n in COMPONENTS[dims.architecture]}
-    ref_sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=reference, backend="torch")
-    examples = _component_inputs(ref_sampler, list(PARITY_PROMPTS))
-    calibration = _calibration_inputs(ref_sampler) if precision == "int8-hybrid" else {}
+    dims, tokenizers, specs, examples, recorded, ref_images, calibration = _reference_run(src, height, width, precision)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -90,20 +87,29 @@ def export_bundle(
         shutil.rmtree(path, ignore_errors=True)
     try:
         manifest = _start_manifest(existing, tmp, src, dims, tokenizers, specs)
-        sources = {n: ComponentSource(specs[n], modules[n], _first(examples[n]), calibration.get(n, []), scratch)
-                   for n in COMPONENTS[dims.architecture]}
-        ref_images = ref_sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
-        for target in targets:
-            exporter = importlib.import_module(f"nitro_edge.export.{target}")
-            for name, component in sources.items():
+        sources = {}
+        # One component at a time, so that only it (and its trace) is in memory: the generator of a
+        # large model must export in about twice its own size, not beside the whole pipeline.
+        for name in COMPONENTS[dims.architecture]:
+            component = ComponentSource(specs[name], functools.partial(torch_rt.load_module, src, name),
+                                        _first(examples[name]), calibration.get(name, []), scratch)
+            if "coreml" not in targets:  # the other targets start from the ONNX trace
+                component.onnx_fp32()
+                component.release()
+            for target in targets:
+                exporter = importlib.import_module(f"nitro_edge.export.{target}")
                 started = time.perf_counter()
                 report(f"{target} {precision}: exporting {name}")
                 _record(manifest, tmp, name, target, precision, precision,
                         exporter.export(component, tmp / target / precision, precision, chosen[target]),
                         extra=chosen[target].facts(name))
                 report(f"{target} {precision}: {name} written in {time.perf_counter() - started:.1f} s")
+            component.release()
+            sources[name] = component
+        for target in targets:
+            exporter = importlib.import_module(f"nitro_edge.export.{target}")
             manifest["parity"][f"{target}/{precision}"] = _gate(
-                tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter,
+                tmp, manifest, target, precision, recorded, examples, ref_images, sources, exporter,
                 chosen[target], report)
         manifest["files"] = file_entries(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -116,6 +122,30 @@ def export_bundle(
         shutil.rmtree(scratch, ignore_errors=True)
     report(f"bundle written: {out}")
     return out
+
+
+def _reference_run(src: Source, height, width, precision: str):
+    """Everything the gate compares against, computed once in torch with the whole pipeline loaded;
+    the modules are released before any conversion starts. Returns (dims, tokenizers, specs,
+    component inputs, recorded component outputs, reference images, calibration inputs)."""
+    from nitro_edge.runtimes import torch as torch_rt
+
+    dims, tokenizers, modules = torch_rt.load_modules(src, height, width)
+    specs = component_specs(dims)
+    reference = {n: torch_rt.as_component(modules[n], specs[n]) for n in COMPONENTS[dims.architecture]}
+    ref_sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=reference, backend="torch")
+    examples = _component_inputs(ref_sampler, list(PARITY_PROMPTS))
+    calibration = _calibration_inputs(ref_sampler) if precision == "int8-hybrid" else {}
+    ref_images = ref_sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
+    recorded = {n: _replay(reference[n](**examples[n])) for n in reference}
+    del reference, ref_sampler, modules
+    gc.collect()
+    return dims, tokenizers, specs, examples, recorded, ref_images, calibration
+
+
+def _replay(outputs: dict[str, np.ndarray]):
+    """A component that gives the outputs torch gave on the parity inputs (the only inputs it gets)."""
+    return lambda **arrays: outputs
 
 
 def _target_options(targets: list[str], options: Mapping[str, Mapping[str, object]]) -> dict:

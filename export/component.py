@@ -1,11 +1,13 @@
-"""What each target's export() receives for one component: the torch module it converts, real
-inputs to trace with and to calibrate on, and the fp32 ONNX trace shared by targets that start
-from ONNX (traced once, on first use)."""
+"""What each target's export() receives for one component: the torch module it converts (loaded
+when first asked for, released when the component is done), real inputs to trace with and to
+calibrate on, and the fp32 ONNX trace shared by targets that start from ONNX (traced once)."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -15,15 +17,27 @@ from nitro_edge.specs import ComponentSpec
 @dataclass
 class ComponentSource:
     spec: ComponentSpec
-    module: object  # torch.nn.Module returning a tuple in spec.outputs order
+    load: Callable[[], object]  # -> torch.nn.Module returning a tuple in spec.outputs order
     example: dict[str, np.ndarray]  # batch 1, used to trace
     calibration: list[dict[str, np.ndarray]]  # batch-1 inputs seen in real sampling runs
     scratch: Path
+    _module: object | None = field(default=None, repr=False)
     _onnx: Path | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = self.load()
+        return self._module
+
+    def release(self) -> None:
+        """Drop the torch module (it is loaded again if a target asks for it)."""
+        self._module = None
+        gc.collect()
 
     def onnx_fp32(self) -> Path:
         """The fp32 ONNX trace (with external data if large), made once per export run."""

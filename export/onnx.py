@@ -34,6 +34,7 @@ from nitro_edge.specs import BATCH, ComponentSpec
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2 GiB
+ALIGNMENT = 4096
 FP16_KEEP_FP32 = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "Pow", "Exp",
                   "ReduceMean", "Sqrt", "Erf", "Range", "CumSum", "RandomNormalLike", "Resize"]
 INT8_OPS = ["MatMul", "Gemm", "Gather"]  # Gather: the token embedding, most of a text encoder's bytes
@@ -87,13 +88,39 @@ def trace(module, spec: ComponentSpec, example: dict[str, np.ndarray], folder: P
                 opset_version=OPSET,
                 do_constant_folding=True,
             )
-        written = list(Path(scratch).iterdir())
-        if sum(p.stat().st_size for p in written) < PROTOBUF_LIMIT and len(written) == 1:
+        if len(list(Path(scratch).iterdir())) == 1:
             shutil.move(str(traced), final)
             return [final]
-        # Large model: the exporter scatters weights over many files; gather them into one.
-        onnx = require("onnx", "onnx")
-        return _save(onnx.load(str(traced), load_external_data=True), final)
+        # Large model: the exporter scatters weights over one file per tensor; gather them into one.
+        return gather_external_data(traced, final)
+
+
+def gather_external_data(model_path: Path, final: Path) -> list[Path]:
+    """Rewrite a model whose weights lie in many external files as `final` plus one
+    `final.onnx.data`, copying one tensor at a time (a large model is never whole in memory)."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(model_path), load_external_data=False)
+    data = final.with_suffix(".onnx.data")
+    offset = 0
+    with open(data, "wb") as out:
+        for tensor in onnx.external_data_helper._get_all_tensors(model):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(model_path.parent / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                blob = f.read(int(info["length"]) if "length" in info else -1)
+            pad = -offset % ALIGNMENT  # page-aligned, so ONNX Runtime can map each tensor
+            out.write(b"\0" * pad)
+            offset += pad
+            out.write(blob)
+            del tensor.external_data[:]
+            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(len(blob)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(blob)
+    onnx.save_model(model, str(final))
+    return [final, data]
 
 
 def _weight_bytes(model) -> int:

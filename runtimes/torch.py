@@ -104,50 +104,57 @@ def _subfolder_class(path: Path, name: str) -> str:
 
 def load_modules(source: Source, height: int | None = None, width: int | None = None):
     """Load a source's modules: (dims, tokenizers, {component: torch module}), all fp32 eval."""
-    diffusers = require("diffusers", "torch")
-    transformers = require("transformers", "torch")
-    path = source.path
-    sdxl = source.architecture == "sdxl"
-    text_names = ("text_encoder", "text_encoder_2") if sdxl else ("text_encoder",)
-    modules, tokenizers, hidden, pooled = {}, [], [], 0
-    for i, name in enumerate(text_names):
-        cls = getattr(transformers, _subfolder_class(path, name))
-        model = cls.from_pretrained(path / name, dtype=torch.float32)
-        with_pooled = sdxl and i == 1
-        modules[name] = TextEncoder(model, penultimate=sdxl, text_embeds=with_pooled)
-        hidden.append(int(model.config.hidden_size))
-        if with_pooled:
-            pooled = int(model.config.projection_dim)
-        backend, info = tokenizer_from_folder(path / name.replace("text_encoder", "tokenizer"))
+    names = COMPONENTS[source.architecture]
+    modules = {name: load_module(source, name) for name in names}
+    text_names = [n for n in names if n.startswith("text_encoder")]
+    tokenizers = []
+    for name in text_names:
+        backend, info = tokenizer_from_folder(source.path / name.replace("text_encoder", "tokenizer"))
         tokenizers.append(ClipTokenizer(backend, info))
-    unet = load_unet(diffusers, source)
-    if source.tiny_vae is not None:
-        vae = diffusers.AutoencoderTiny.from_pretrained(source.tiny_vae, torch_dtype=torch.float32)
-        vae_scale = 2 ** (len(json.loads((path / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
-    else:
-        vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32)
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    multiple = vae_scale * 2 ** (len(unet.config.down_block_types) - 1)
-    default = int(unet.config.sample_size) * vae_scale
+    unet_config = modules["generator"].unet.config
+    vae_scale = 2 ** (len(json.loads((source.path / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    multiple = vae_scale * 2 ** (len(unet_config.down_block_types) - 1)
+    default = int(unet_config.sample_size) * vae_scale
     height, width = height or default, width or default
     for label, value in (("height", height), ("width", width)):
         if value % multiple or value <= 0:
             raise InputError(f"{label} must be a positive multiple of {multiple} for this model, got {value}")
-    modules["generator"] = Generator(unet, source.params, sdxl)
-    modules["vae_decoder"] = VaeDecoder(vae)
+    text = [modules[n].model.config for n in text_names]
     dims = ModelDims(
         architecture=source.architecture,
         height=height,
         width=width,
-        text_hidden=tuple(hidden),
-        pooled_dim=pooled,
-        latent_channels=int(unet.config.in_channels),
+        text_hidden=tuple(int(c.hidden_size) for c in text),
+        pooled_dim=int(text[-1].projection_dim) if source.architecture == "sdxl" else 0,
+        latent_channels=int(unet_config.in_channels),
         vae_scale_factor=vae_scale,
         max_length=tokenizers[0].info.max_length,
     )
-    for m in modules.values():
-        m.eval().requires_grad_(False)
     return dims, tokenizers, modules
+
+
+def load_module(source: Source, name: str):
+    """One component's torch module (fp32, eval, no grad), loaded on its own from the source folder.
+    Export loads one at a time so that only the component being converted is in memory."""
+    diffusers = require("diffusers", "torch")
+    transformers = require("transformers", "torch")
+    path = source.path
+    sdxl = source.architecture == "sdxl"
+    if name.startswith("text_encoder"):
+        cls = getattr(transformers, _subfolder_class(path, name))
+        model = cls.from_pretrained(path / name, dtype=torch.float32)
+        module = TextEncoder(model, penultimate=sdxl, text_embeds=sdxl and name == "text_encoder_2")
+    elif name == "generator":
+        module = Generator(load_unet(diffusers, source), source.params, sdxl)
+    elif name == "vae_decoder":
+        if source.tiny_vae is not None:
+            vae = diffusers.AutoencoderTiny.from_pretrained(source.tiny_vae, torch_dtype=torch.float32)
+        else:
+            vae = diffusers.AutoencoderKL.from_pretrained(path / "vae", torch_dtype=torch.float32)
+        module = VaeDecoder(vae)
+    else:
+        raise InputError(f"component must be one of {COMPONENTS[source.architecture]}, got {name!r}")
+    return module.eval().requires_grad_(False)
 
 
 def load_unet(diffusers, source: Source):

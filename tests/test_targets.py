@@ -117,3 +117,36 @@ def test_models_over_the_protobuf_limit_use_one_external_data_file(tiny_source, 
     graph, data = (out / "onnx/fp16/generator.onnx").stat().st_size, (out / "onnx/fp16/generator.onnx.data").stat().st_size
     assert data > 300_000 and graph < 600_000  # the weights over 1 KiB live in the data file
     assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
+
+
+def test_weights_scattered_over_many_files_are_gathered_into_one(tmp_path):
+    """What torch.onnx writes for models over 2 GB (one file per tensor) becomes one page-aligned
+    data file, tensor by tensor, and runs the same."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nitro_edge.export.onnx import gather_external_data
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((32, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    scattered = tmp_path / "scattered"
+    scattered.mkdir()
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(scattered / "m.onnx"),
+                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert len(list(scattered.iterdir())) == 3
+    out = tmp_path / "out"
+    out.mkdir()
+    files = gather_external_data(scattered / "m.onnx", out / "m.onnx")
+    assert [f.name for f in files] == ["m.onnx", "m.onnx.data"] and sorted(p.name for p in out.iterdir()) == ["m.onnx", "m.onnx.data"]
+    model = onnx.load(str(out / "m.onnx"), load_external_data=False)
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in model.graph.initializer]
+    assert all(o % 4096 == 0 for o in offsets)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(out / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ w1 @ w2, rtol=1e-5)
