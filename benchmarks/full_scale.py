@@ -1,14 +1,25 @@
-"""Full-size SD1.5 architecture (random weights, 512x512, one step) through nitro-edge, against
-diffusers' own pipeline in torch fp32, on this machine. Prints JSON lines and a markdown table.
+"""Full-size SD1.5, SD2.1-base and SDXL architectures (published configurations, random weights, no
+download) through nitro-edge, against diffusers' own pipeline in torch fp32 and optimum's ONNX
+Runtime and OpenVINO pipelines, one step, on this machine. One command runs it all:
 
-    python benchmarks/full_scale.py --out runs/full-scale [--targets onnx openvino] [--precision fp32] [--runs 3]
+    python benchmarks/full_scale.py --out runs/full-scale [--models sd15 sd21 sdxl] [--runs 3]
 
-What it does: build the SD1.5 pipeline from its published configuration with random weights and
-save it (no download); time diffusers' StableDiffusionPipeline (1 step, guidance 0) over --runs
-warm runs; export with nitro-edge (parity gate included) with the full VAE and with a full-size
-AutoencoderTiny decoder (random weights, TAESD layout); time every backend; record export time,
-export peak RSS (each export in its own process), peak RSS of generation, size on disk; and the
-machine's fp32 matmul peak (a 4096^3 GEMM) against the UNet's achieved FLOP/s.
+Every measurement runs in a fresh process (so peak RSS is its own) and is kept in
+OUT/<model>/rows/<row>.json; a second invocation reuses rows already measured (delete them to
+measure again). At the end it writes OUT/results.md (tables, ratios to diffusers), OUT/results.json
+and OUT/results.png. Rows per model:
+
+- diffusers: the model's diffusers pipeline, torch fp32, guidance 0, 1 step (per-component times
+  from wrappers around text encoder(s), UNet and VAE decode).
+- optimum ort / optimum openvino (models in --optimum): optimum's export, then its pipeline;
+  OpenVINO twice, with the f32 precision hint and with the plugin's default (bf16 on this CPU), with
+  optimum's default dynamic shapes (its static reshape assumes guidance, a UNet batch of 2).
+- nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 also with a
+  full-size AutoencoderTiny (TAESD layout), --onnx-optimize, OpenVINO at the plugin's default
+  precision, and int8-hybrid OpenVINO bundles (full VAE and tiny decoder).
+Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
+
+Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,76 +35,308 @@ import time
 from pathlib import Path
 
 PROMPT = "a photograph of an astronaut riding a horse"
+SIZES = {"sd15": 512, "sd21": 512, "sdxl": 1024}
+OV_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def build(out: Path) -> Path:
+# ---------------------------------------------------------------- the models, from their configs
+
+def build(model: str, out: Path) -> Path:
+    """Save the full-size `model` pipeline with random weights to `out` (once)."""
+    if (out / "model_index.json").is_file():
+        return out
     import diffusers
     import torch
     import transformers
 
     from nitro_edge.tiny import write_clip_tokenizer
 
-    if (out / "model_index.json").is_file():
-        return out
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    clip_l = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                  max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", bos_token_id=49406,
+                  eos_token_id=49407, projection_dim=768)
     vae = diffusers.AutoencoderKL(
         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=512)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-        max_position_embeddings=77, vocab_size=49408, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407))
-    write_clip_tokenizer(out / "tokenizer")
-    tok = transformers.CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+        sample_size=SIZES[model], scaling_factor=0.13025 if model == "sdxl" else 0.18215)
     sched = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                      safety_checker=None, feature_extractor=None,
-                                      requires_safety_checker=False).save_pretrained(str(out))
-    taesd = diffusers.AutoencoderTiny()  # the TAESD layout at its published size
-    taesd.save_pretrained(str(out.parent / "taesd"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_clip_tokenizer(out / "tokenizer", pad_token="!" if model == "sd21" else "<|endoftext|>")
+    tok = transformers.CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    if model == "sd15":
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**clip_l))
+    elif model == "sd21":  # SD2.1-base / SD-Turbo: OpenCLIP ViT-H text tower, linear projections
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), use_linear_projection=True,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+            **{**clip_l, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+               "num_hidden_layers": 23, "hidden_act": "gelu", "projection_dim": 512, "pad_token_id": 0}))
+    if model != "sdxl":
+        diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                          safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False).save_pretrained(str(out))
+        return out
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), layers_per_block=2,
+        block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(**clip_l))
+    text_2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        **{**clip_l, "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20,
+           "num_hidden_layers": 32, "hidden_act": "gelu", "projection_dim": 1280}))
+    write_clip_tokenizer(out / "tokenizer_2", pad_token="!")
+    tok_2 = transformers.CLIPTokenizer.from_pretrained(str(out / "tokenizer_2"))
+    diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
+                                        tokenizer_2=tok_2, unet=unet, scheduler=sched).save_pretrained(str(out))
     return out
 
 
-def time_diffusers(source: Path, runs: int) -> dict:
+def build_taesd(out: Path) -> Path:
+    if not (out / "config.json").is_file():
+        import diffusers
+        import torch
+
+        torch.manual_seed(0)
+        diffusers.AutoencoderTiny().save_pretrained(str(out))  # the TAESD layout at its published size
+    return out
+
+
+# ---------------------------------------------------------------- children (one process each)
+
+def _stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
     import diffusers
     import torch
 
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(source))
+    cls = diffusers.StableDiffusionXLPipeline if model == "sdxl" else diffusers.StableDiffusionPipeline
+    t0 = time.perf_counter()
+    pipe = cls.from_pretrained(source)
+    pipe.set_progress_bar_config(disable=True)
+    timings: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            timings.setdefault(name, []).append(time.perf_counter() - start)
+            return out
+        return call
+
+    # Instance attributes on this one pipeline's modules, to time each part; nothing is patched globally.
+    for name in ("text_encoder", "text_encoder_2", "unet"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.forward = timed("generator" if name == "unet" else name, module.forward)
+    pipe.vae.decode = timed("vae_decoder", pipe.vae.decode)
+    times = []
+    for i in range(runs + 1):
+        for v in timings.values():
+            v.clear()
+        start = time.perf_counter()
+        pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
+             generator=torch.Generator().manual_seed(i))
+        times.append(time.perf_counter() - start)
+        if i == 0:
+            cold = time.perf_counter() - t0
+    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]),
+            "components_s": {k: _stats(v) for k, v in timings.items()}}
+
+
+def _optimum_class(kind: str, model: str):
+    xl = "XL" if model == "sdxl" else ""
+    if kind == "ort":
+        import optimum.onnxruntime as module
+        return getattr(module, f"ORTStableDiffusion{xl}Pipeline")
+    import optimum.intel as module
+    return getattr(module, f"OVStableDiffusion{xl}Pipeline")
+
+
+def child_optimum_export(kind: str, model: str, source: str, out: str) -> dict:
+    cls = _optimum_class(kind, model)
+    t0 = time.perf_counter()
+    extra = {"load_in_8bit": False, "compile": False} if kind == "openvino" else {}  # fp32, as exported by us
+    pipe = cls.from_pretrained(source, export=True, **extra)
+    pipe.save_pretrained(out)
+    return {"export_s": time.perf_counter() - t0}
+
+
+def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, ov_config: dict | None) -> dict:
+    import torch
+
+    cls = _optimum_class(kind, model)
+    t0 = time.perf_counter()
+    if kind == "openvino":
+        # Dynamic shapes, optimum's default: its static reshape assumes guidance (UNet batch 2).
+        pipe = cls.from_pretrained(folder, ov_config=ov_config or {})
+    else:
+        pipe = cls.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     times = []
     for i in range(runs + 1):
-        t0 = time.perf_counter()
-        pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, generator=torch.Generator().manual_seed(i))
-        times.append(time.perf_counter() - t0)
-    return {"name": "diffusers torch fp32", "median_s": statistics.median(times[1:]), "min_s": min(times[1:]),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        start = time.perf_counter()
+        pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
+             generator=torch.Generator().manual_seed(i))
+        times.append(time.perf_counter() - start)
+        if i == 0:
+            cold = time.perf_counter() - t0
+    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]), "components_s": {}}
 
 
-def export_in_child(source: Path, bundle: Path, target: str, precision: str, tiny: Path | None) -> dict:
-    code = ("import sys, time, resource; from nitro_edge.export import export_bundle; t=time.perf_counter(); "
-            "export_bundle(sys.argv[1], sys.argv[2], targets=[sys.argv[3]], precision=sys.argv[4], "
-            "tiny_vae=sys.argv[5] or None, report=lambda m: print(m, flush=True)); "
-            "print('RESULT', time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    child = subprocess.run([sys.executable, "-c", code, str(source), str(bundle), target, precision, str(tiny or "")],
-                           capture_output=True, text=True)
+def child_export(source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict) -> dict:
+    from nitro_edge.export import export_bundle
+
+    t0 = time.perf_counter()
+    export_bundle(source, bundle, targets=targets, precision=precision, tiny_vae=tiny, options=options,
+                  report=lambda m: print(m, file=sys.stderr, flush=True))
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    parity = {k: v.get("end_to_end_psnr_db") for k, v in manifest["parity"].items()}
+    return {"export_s": time.perf_counter() - t0, "parity_psnr_db": parity}
+
+
+def child_bench(bundle: str, backend: str, precision: str, runs: int, options: dict) -> dict:
+    from nitro_edge.bench import measure
+
+    r = measure(bundle, backend, precision, runs, 1, options)
+    return {"cold_start_s": r["cold_start_s"], "end_to_end_s": r["end_to_end_s"],
+            "components_s": r["components_s"], "size_gib": r["size_mib"] / 1024}
+
+
+CHILDREN = {f.__name__: f for f in (child_diffusers, child_optimum_export, child_optimum_run, child_export,
+                                     child_bench)}
+
+
+def in_child(name: str, *args) -> dict:
+    """Run CHILDREN[name](*args) in a fresh process; its result plus wall time and peak RSS."""
+    t0 = time.perf_counter()
+    child = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(args)], capture_output=True,
+                           text=True)
     if child.returncode != 0:
-        raise SystemExit(child.stderr[-3000:])
-    _, seconds, rss_kib = child.stdout.strip().splitlines()[-1].split()
-    return {"export_s": float(seconds), "export_peak_rss_gib": int(rss_kib) / 2**20,
-            "log": [line for line in child.stdout.splitlines() if "parity" in line]}
+        raise RuntimeError(f"{name}{args} failed:\n{child.stderr[-4000:]}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
 
 
-def time_bundle_in_child(bundle: Path, backend: str, precision: str, runs: int) -> dict:
-    child = subprocess.run([sys.executable, "-m", "nitro_edge.bench", str(bundle), backend, precision, str(runs), "1"],
-                           capture_output=True, text=True)
-    if child.returncode != 0:
-        raise SystemExit(child.stderr[-3000:])
-    return json.loads(child.stdout.strip().splitlines()[-1])
+def _child_main(name: str, args_json: str) -> None:
+    result = CHILDREN[name](*json.loads(args_json))
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result), flush=True)
 
+
+# ---------------------------------------------------------------- the plan per model
+
+def plan(model: str, optimum: bool) -> list[dict]:
+    """Rows to measure: exports first (each bundle once), then runs."""
+    rows = [{"id": "diffusers", "label": "diffusers torch fp32", "decoder": "full VAE", "run": ("diffusers",)}]
+    if optimum:
+        rows += [
+            {"id": "optimum-ort", "label": "optimum onnxruntime fp32", "decoder": "full VAE",
+             "export": ("optimum", "ort"), "run": ("optimum", "ort", None)},
+            {"id": "optimum-ov-f32", "label": "optimum openvino fp32 (f32 hint)", "decoder": "full VAE",
+             "export": ("optimum", "openvino"), "run": ("optimum", "openvino", OV_F32)},
+            {"id": "optimum-ov-default", "label": "optimum openvino fp32 (plugin default: bf16 here)",
+             "decoder": "full VAE", "export": ("optimum", "openvino"), "run": ("optimum", "openvino", {})},
+        ]
+    for decoder in ("full", "tiny") if model == "sd15" else ("full",):
+        label = "full VAE" if decoder == "full" else "tiny decoder"
+        for target in ("onnx", "openvino"):
+            # sdxl: one target per bundle, deleted after use (disk); the others hold both.
+            bundle = ("fp32", decoder, (target,) if model == "sdxl" else ("onnx", "openvino"), {})
+            rows.append({"id": f"nitro-{target}-fp32-{decoder}", "decoder": label, "export": ("nitro", *bundle),
+                         "label": f"nitro-edge {target} fp32" + (" (f32 hint)" if target == "openvino" else ""),
+                         "run": ("nitro", target, "fp32", {})})
+            if model == "sd15" and decoder == "full" and target == "openvino":
+                rows.append({"id": "nitro-openvino-fp32-full-default", "decoder": label, "export": ("nitro", *bundle),
+                             "label": "nitro-edge openvino fp32 (plugin default: bf16 here)",
+                             "run": ("nitro", "openvino", "fp32", {"inference_precision": None})})
+    if model == "sd15":
+        rows += [
+            {"id": "nitro-onnx-fp32-full-optimized", "label": "nitro-edge onnx fp32 --onnx-optimize",
+             "decoder": "full VAE", "export": ("nitro", "fp32", "full", ("onnx",), {"onnx": {"optimize": True}}),
+             "run": ("nitro", "onnx", "fp32", {})},
+        ]
+        for precision in ("int8-hybrid",):
+            for decoder in ("full", "tiny"):
+                rows.append({"id": f"nitro-openvino-{precision}-{decoder}", "label": f"nitro-edge openvino {precision}",
+                             "decoder": "full VAE" if decoder == "full" else "tiny decoder",
+                             "export": ("nitro", precision, decoder, ("openvino",), {}),
+                             "run": ("nitro", "openvino", precision, {})})
+    return rows
+
+
+def _bundle_name(precision, decoder, targets, options) -> str:
+    extra = "-optimized" if options.get("onnx", {}).get("optimize") else ""
+    return f"bundle-{'+'.join(targets)}-{precision}-{decoder}{extra}"
+
+
+def measure_model(model: str, out: Path, runs: int, optimum: bool, keep: bool, report) -> list[dict]:
+    folder = out / model
+    rows_dir = folder / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    source = build(model, folder / "source")
+    taesd = build_taesd(out / "taesd")
+    size = SIZES[model]
+    exports: dict[str, dict] = {}
+    results = []
+    rows = plan(model, optimum)
+    for i, row in enumerate(rows):
+        cached = rows_dir / f"{row['id']}.json"
+        if cached.is_file():
+            results.append(json.loads(cached.read_text()))
+            report(f"{model} {row['id']}: reused {cached}")
+            continue
+        export = row.get("export")
+        exp = {}
+        if export and export[0] == "optimum":
+            exp_dir = folder / f"optimum-{export[1]}"
+            key = json.dumps(export)
+            if key not in exports:
+                exports[key] = (in_child("child_optimum_export", export[1], model, str(source), str(exp_dir))
+                                if not (exp_dir / "model_index.json").is_file() else {})
+            exp = exports[key]
+            run = in_child("child_optimum_run", row["run"][1], model, str(exp_dir), runs, size, row["run"][2])
+            run["size_gib"] = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) / 2**30
+            made = exp_dir
+        elif export:
+            _, precision, decoder, targets, options = export
+            bundle = folder / _bundle_name(precision, decoder, targets, options)
+            key = json.dumps(export)
+            if key not in exports:
+                exports[key] = (in_child("child_export", str(source), str(bundle), list(targets), precision,
+                                         str(taesd) if decoder == "tiny" else None, options)
+                                if not (bundle / "manifest.json").is_file() else {})
+            exp = exports[key]
+            run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
+            made = bundle
+        else:
+            run = in_child("child_diffusers", str(source), model, runs, size)
+            made = None
+        result = {**{k: v for k, v in row.items() if k in ("id", "label", "decoder")}, "model": model,
+                  "size": size, "runs": runs, **run,
+                  "export_s": exp.get("export_s"), "export_peak_rss_gib": exp.get("peak_rss_gib"),
+                  "parity_psnr_db": exp.get("parity_psnr_db")}
+        cached.write_text(json.dumps(result, indent=2))
+        if made is not None and not keep and all(r.get("export") != export for r in rows[i + 1:]):
+            shutil.rmtree(made)  # measured; full-size bundles would not all fit on the disk
+        report(f"{model} {row['id']}: {result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB")
+        results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------- machine figures and tables
 
 def gemm_peak() -> float:
     import torch
@@ -107,68 +351,121 @@ def gemm_peak() -> float:
     return 2 * 4096**3 / min(times)
 
 
-def unet_flops() -> float:
-    """FLOPs of one SD1.5 UNet call at 64x64 latents, batch 1, counted by torch's FLOP counter."""
+def unet_flops(source: Path) -> float:
+    """FLOPs of one UNet call at the model's native size, batch 1, by torch's FLOP counter."""
     import diffusers
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3).eval()
+    unet = diffusers.UNet2DConditionModel.from_pretrained(str(source / "unet")).eval()
+    latent = unet.config.sample_size
+    added = None
+    if unet.config.addition_embed_type == "text_time":
+        added = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(torch.randn(1, 4, 64, 64), torch.tensor([999]), torch.randn(1, 77, 768))
+        unet(torch.randn(1, 4, latent, latent), torch.tensor([999]),
+             torch.randn(1, 77, unet.config.cross_attention_dim), added_cond_kwargs=added)
     return float(counter.get_total_flops())
+
+
+def table(rows: list[dict]) -> list[str]:
+    base = next(r for r in rows if r["id"] == "diffusers")
+    lines = [f"### {base['model']} ({base['size']}², 1 step, median of {base['runs']} warm runs)", "",
+             "| pipeline | decoder | end-to-end s | × diffusers speed | text s | generator s | decoder s | "
+             "cold start s | peak RSS GiB | RSS / diffusers | size GiB | export s | export peak RSS GiB | parity dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(value, fmt="{:.2f}"):
+        return "" if value is None else fmt.format(value)
+
+    for r in rows:
+        comps = r.get("components_s") or {}
+        text = sum(comps[k]["median"] for k in comps if k.startswith("text_encoder")) if comps else None
+        parity = r.get("parity_psnr_db") or {}
+        lines.append(
+            f"| {r['label']} | {r['decoder']} | {r['end_to_end_s']['median']:.2f} | "
+            f"{base['end_to_end_s']['median'] / r['end_to_end_s']['median']:.2f} | {f(text)} | "
+            f"{f(comps.get('generator', {}).get('median'))} | {f(comps.get('vae_decoder', {}).get('median'))} | "
+            f"{r['cold_start_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | "
+            f"{f(r.get('size_gib'))} | {f(r.get('export_s'), '{:.0f}')} | {f(r.get('export_peak_rss_gib'), '{:.1f}')} | "
+            f"{' '.join(f'{v:.0f}' for v in parity.values() if v is not None)} |")
+    return lines
+
+
+def chart(all_rows: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_rows), figsize=(6.5 * len(all_rows), 5.5), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], all_rows.items()):
+        labels = [f"{r['label'].replace('nitro-edge ', 'ne ')}\n{r['decoder']}" for r in rows]
+        med = [r["end_to_end_s"]["median"] for r in rows]
+        colors = ["#999999" if r["id"] == "diffusers" else "#dd8452" if r["id"].startswith("optimum") else "#4c72b0"
+                  for r in rows]
+        ax.barh(labels[::-1], med[::-1], color=colors[::-1])
+        ax.set_xlabel("end-to-end latency, s (median)")
+        ax.set_title(f"{model}, {rows[0]['size']}², 1 step")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("grey: diffusers torch fp32, orange: optimum, blue: nitro-edge")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/full-scale"))
-    parser.add_argument("--targets", nargs="+", default=["onnx", "openvino"])
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl"], choices=list(SIZES))
+    parser.add_argument("--optimum", nargs="*", default=["sd15"], choices=list(SIZES),
+                        help="models to compare with optimum's pipelines (default sd15)")
+    parser.add_argument("--sdxl-size", type=int, default=1024, choices=[512, 1024])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep-bundles", action="store_true", help="keep every bundle (needs about 100 GB)")
     args = parser.parse_args(argv)
+    SIZES["sdxl"] = args.sdxl_size
     args.out.mkdir(parents=True, exist_ok=True)
-    source = build(args.out / "sd15")
-    results = {"diffusers": time_diffusers(source, args.runs)}
-    print(json.dumps(results["diffusers"]), flush=True)
-    rows = []
-    for decoder, tiny in (("full VAE", None), ("tiny decoder", args.out / "taesd")):
-        for target in args.targets:
-            bundle = args.out / f"bundle-{target}-{args.precision}-{'tiny' if tiny else 'full'}"
-            exp = export_in_child(source, bundle, target, args.precision, tiny)
-            run = time_bundle_in_child(bundle, target, args.precision, args.runs)
-            row = {"backend": target, "precision": args.precision, "decoder": decoder, **exp,
-                   "median_s": run["end_to_end_s"]["median"], "components_s": run["components_s"],
-                   "cold_start_s": run["cold_start_s"], "peak_rss_gib": run["peak_rss_mib"] / 1024,
-                   "size_gib": run["size_mib"] / 1024}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+
+    def report(message):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    all_rows = {m: measure_model(m, args.out, args.runs, m in args.optimum, args.keep_bundles, report) for m in args.models}
     peak = gemm_peak()
-    flops = unet_flops()
-    best = min((r for r in rows if r["decoder"] == "full VAE"), key=lambda r: r["components_s"]["generator"]["median"])
-    achieved = flops / best["components_s"]["generator"]["median"]
-    base = results["diffusers"]
-    lines = ["| pipeline | decoder | end-to-end s (median) | × faster than diffusers | generator s | decoder s | "
-             "peak RSS GiB | RSS vs diffusers | size GiB | export s | export peak RSS GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|",
-             f"| diffusers torch fp32 | full VAE | {base['median_s']:.2f} | 1.00 | | | {base['peak_rss_gib']:.2f} | 1.00 | | | |"]
-    for r in rows:
-        lines.append(f"| nitro-edge {r['backend']} {r['precision']} | {r['decoder']} | {r['median_s']:.2f} | "
-                     f"{base['median_s'] / r['median_s']:.2f} | {r['components_s']['generator']['median']:.2f} | "
-                     f"{r['components_s']['vae_decoder']['median']:.2f} | {r['peak_rss_gib']:.2f} | "
-                     f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | {r['size_gib']:.2f} | {r['export_s']:.0f} | "
-                     f"{r['export_peak_rss_gib']:.1f} |")
-    lines.append("")
-    lines.append(f"fp32 GEMM peak (4096³, torch): {peak / 1e9:.0f} GFLOP/s; SD1.5 UNet, one call: {flops / 1e9:.0f} GFLOP; "
-                 f"fastest generator ({best['backend']}): {achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of that peak")
-    print("\n".join(lines))
+    lines = [f"Machine: {_cpu()}, {_cores()} cores; {time.strftime('%Y-%m-%d')}; `python benchmarks/full_scale.py "
+             f"--models {' '.join(args.models)} --runs {args.runs}`", ""]
+    for model, rows in all_rows.items():
+        lines += table(rows) + [""]
+    flops = unet_flops(args.out / "sd15" / "source") if "sd15" in all_rows else None
+    if flops:
+        best = min((r for r in all_rows["sd15"] if r["id"].startswith("nitro") and r["components_s"].get("generator")
+                    and "fp32" in r["id"]), key=lambda r: r["components_s"]["generator"]["median"])
+        achieved = flops / best["components_s"]["generator"]["median"]
+        lines.append(f"fp32 GEMM peak (4096³, torch): {peak / 1e9:.0f} GFLOP/s. SD1.5 UNet, one call at 64×64 latents: "
+                     f"{flops / 1e9:.0f} GFLOP (torch's FLOP counter); fastest fp32 generator ({best['label']}): "
+                     f"{achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the GEMM peak.")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps({"diffusers": base, "rows": rows, "gemm_peak_flops": peak,
-                                                        "unet_flops": flops}, indent=2))
+    (args.out / "results.json").write_text(json.dumps({"rows": all_rows, "gemm_peak_flops": peak, "unet_flops": flops},
+                                                      indent=2))
+    chart(all_rows, args.out / "results.png")
+    print("\n".join(lines))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child_main(sys.argv[2], sys.argv[3])
+    else:
+        main()

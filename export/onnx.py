@@ -19,6 +19,7 @@ Options (recorded on every artifact):
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -161,7 +162,7 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
     if precision == "fp32":
         files = [source, *([source.with_suffix(".onnx.data")] if source.with_suffix(".onnx.data").exists() else [])]
         for f in files:
-            shutil.copy2(f, final.parent / f.name)
+            _link_or_copy(f, final.parent / f.name)
         return [final.parent / f.name for f in files]
     onnx = require("onnx", "onnx")
     if precision == "fp16":
@@ -189,6 +190,14 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
     quantize_dynamic(str(source), str(final), op_types_to_quantize=INT8_OPS, weight_type=QuantType.QInt8,
                      per_channel=False, use_external_data_format=large, extra_options=extra)
     return [final] + sorted(p for p in final.parent.glob(f"{final.name}*") if p != final)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows it (a full-size trace is gigabytes), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _fused(source: Path, name: str, folder: Path) -> Path:

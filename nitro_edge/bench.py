@@ -15,13 +15,13 @@ from pathlib import Path
 PROMPT = "a red circle at the top left"
 
 
-def measure(bundle: str, backend: str, precision: str, runs: int, steps: int) -> dict:
-    """One backend x precision, in this process."""
+def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, options: dict | None = None) -> dict:
+    """One backend x precision (with backend `options`), in this process."""
     import nitro_edge
     from nitro_edge.bundle import Bundle
 
     t0 = time.perf_counter()
-    sampler = nitro_edge.load(bundle, backend, precision=precision)
+    sampler = nitro_edge.load(bundle, backend, precision=precision, **(options or {}))
     cold = time.perf_counter() - t0
     timings: dict[str, list[float]] = {n: [] for n in sampler.components}
     for name, fn in list(sampler.components.items()):
@@ -46,7 +46,7 @@ def measure(bundle: str, backend: str, precision: str, runs: int, steps: int) ->
         size = sum(b.manifest["files"][f]["bytes"] for c in b.manifest["components"].values()
                    for f in c["artifacts"][target][precision]["files"])
     return {
-        "backend": backend, "precision": precision, "steps": steps, "runs": runs,
+        "backend": backend, "precision": precision, "options": options or {}, "steps": steps, "runs": runs,
         "cold_start_s": round(cold, 3),
         "end_to_end_s": _stats(ends),
         "components_s": {n: _stats(v) for n, v in timings.items()},
@@ -101,4 +101,5 @@ def plot(results: list[dict], path: Path) -> None:
 
 if __name__ == "__main__":
     bundle, backend, precision, runs, steps = sys.argv[1:6]
-    print(json.dumps(measure(bundle, backend, precision, int(runs), int(steps))))
+    options = json.loads(sys.argv[6]) if len(sys.argv) > 6 else None  # backend options, as JSON
+    print(json.dumps(measure(bundle, backend, precision, int(runs), int(steps), options)))

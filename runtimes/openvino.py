@@ -29,12 +29,17 @@ def as_component(compiled, spec: ComponentSpec):
 
 
 def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | None = None,
-         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "f32") -> dict:
+         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "auto") -> dict:
     """OpenVINO components compiled for `device`; `cache_dir` keeps compiled blobs between runs.
 
-    `inference_precision` defaults to f32: on CPUs with bf16 units OpenVINO would otherwise run in
-    bf16 and lose the bundle's measured parity. Pass None for the device's default, or "f16"/"bf16".
+    `inference_precision` "auto" means f32 for fp32 and fp16 bundles (on CPUs with bf16 units
+    OpenVINO would otherwise compute in bf16 and lose the bundle's measured parity) and the device's
+    default for int8 bundles (bf16 where the CPU has it: the weights are 8-bit already, and f32
+    would unpack them to f32 in memory; the export gate measures parity this way). Pass None for
+    the device's default, or "f32"/"f16"/"bf16".
     """
+    if inference_precision == "auto":
+        inference_precision = None if precision.startswith("int8") else "f32"
     ov = require("openvino", "openvino")
     if hint not in HINTS:
         raise InputError(f"hint must be one of {HINTS}, got {hint!r}")
