@@ -119,12 +119,10 @@ def _stats(values: list[float]) -> dict:
 
 def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
     import diffusers
-    import torch
 
     cls = diffusers.StableDiffusionXLPipeline if model == "sdxl" else diffusers.StableDiffusionPipeline
     t0 = time.perf_counter()
     pipe = cls.from_pretrained(source)
-    pipe.set_progress_bar_config(disable=True)
     timings: dict[str, list[float]] = {}
 
     def timed(name, fn):
@@ -141,10 +139,18 @@ def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
         if module is not None:
             module.forward = timed("generator" if name == "unet" else name, module.forward)
     pipe.vae.decode = timed("vae_decoder", pipe.vae.decode)
+    return _run_pipeline(pipe, runs, size, t0, timings)
+
+
+def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = None) -> dict:
+    """One cold call, then `runs` warm ones; cold start counts from `t0` (before loading)."""
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
     times = []
     for i in range(runs + 1):
-        for v in timings.values():
-            v.clear()
+        for v in (timings or {}).values():
+            v.clear()  # keep the warm runs' component times only
         start = time.perf_counter()
         pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
              generator=torch.Generator().manual_seed(i))
@@ -152,7 +158,7 @@ def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
         if i == 0:
             cold = time.perf_counter() - t0
     return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]),
-            "components_s": {k: _stats(v) for k, v in timings.items()}}
+            "components_s": {k: _stats(v) for k, v in (timings or {}).items()}}
 
 
 def _optimum_class(kind: str, model: str):
@@ -174,8 +180,6 @@ def child_optimum_export(kind: str, model: str, source: str, out: str) -> dict:
 
 
 def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, ov_config: dict | None) -> dict:
-    import torch
-
     cls = _optimum_class(kind, model)
     t0 = time.perf_counter()
     if kind == "openvino":
@@ -183,16 +187,7 @@ def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, 
         pipe = cls.from_pretrained(folder, ov_config=ov_config or {})
     else:
         pipe = cls.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
-             generator=torch.Generator().manual_seed(i))
-        times.append(time.perf_counter() - start)
-        if i == 0:
-            cold = time.perf_counter() - t0
-    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]), "components_s": {}}
+    return _run_pipeline(pipe, runs, size, t0)
 
 
 def child_export(source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict) -> dict:
