@@ -38,14 +38,31 @@ def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | 
     would unpack them to f32 in memory; the export gate measures parity this way). Pass None for
     the device's default, or "f32"/"f16"/"bf16".
     """
-    if inference_precision == "auto":
-        inference_precision = None if precision.startswith("int8") else "f32"
     ov = require("openvino", "openvino")
-    if hint not in HINTS:
-        raise InputError(f"hint must be one of {HINTS}, got {hint!r}")
     core = ov.Core()
     if device.split(":")[0] not in {d.split(".")[0] for d in core.available_devices} and device != "AUTO":
         raise InputError(f"OpenVINO device {device!r} is not available here; available: {core.available_devices}")
+    config = compile_config(precision, hint, threads, inference_precision, cache_dir)
+    comps = {}
+    for name, spec in bundle.specs.items():
+        path = bundle.artifact_path(name, "openvino", precision)
+        try:
+            # From the path: OpenVINO maps the weights file instead of holding a read copy beside
+            # the compiled model, and with CACHE_DIR it can skip reading the IR altogether.
+            compiled = core.compile_model(str(path), device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad IR files
+            raise BundleError(f"OpenVINO cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
+        comps[name] = as_component(compiled, spec)
+    return comps
+
+
+def compile_config(precision: str, hint: str = "LATENCY", threads: int | None = None,
+                   inference_precision: str | None = "auto", cache_dir: str | None = None) -> dict:
+    """The OpenVINO properties load() compiles with (see load() for `inference_precision`)."""
+    if hint not in HINTS:
+        raise InputError(f"hint must be one of {HINTS}, got {hint!r}")
+    if inference_precision == "auto":
+        inference_precision = None if precision.startswith("int8") else "f32"
     config = {"PERFORMANCE_HINT": hint}
     if inference_precision:
         config["INFERENCE_PRECISION_HINT"] = inference_precision
@@ -53,12 +70,4 @@ def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | 
         config["CACHE_DIR"] = str(cache_dir)
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    comps = {}
-    for name, spec in bundle.specs.items():
-        path = bundle.artifact_path(name, "openvino", precision)
-        try:
-            compiled = core.compile_model(core.read_model(str(path)), device, config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad IR files
-            raise BundleError(f"OpenVINO cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
-        comps[name] = as_component(compiled, spec)
-    return comps
+    return config

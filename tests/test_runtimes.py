@@ -82,3 +82,22 @@ def test_bench_cli_writes_table_json_and_chart(tiny_bundle, tmp_path):
     assert 0 < onnx["end_to_end_s"]["min"] <= onnx["end_to_end_s"]["median"] <= onnx["end_to_end_s"]["max"]
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert "onnx" in r.stdout and "fp32" in r.stdout
+
+
+def test_openvino_inference_precision_follows_the_bundle():
+    """fp32/fp16 bundles compute in f32 (their parity); int8 bundles at the device's default
+    (bf16 on CPUs that have it, so 8-bit weights are not unpacked to f32); an explicit value wins."""
+    pytest.importorskip("openvino")
+    from nitro_edge.runtimes.openvino import compile_config
+
+    assert compile_config("fp32")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert compile_config("fp16")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in compile_config("int8")
+    assert "INFERENCE_PRECISION_HINT" not in compile_config("int8-hybrid")
+    assert compile_config("int8", inference_precision="f32")["INFERENCE_PRECISION_HINT"] == "f32"
+    assert "INFERENCE_PRECISION_HINT" not in compile_config("fp32", inference_precision=None)
+    assert compile_config("fp32", cache_dir="/tmp/c", threads=2) == {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": "/tmp/c",
+        "INFERENCE_NUM_THREADS": 2}
+    with pytest.raises(InputError, match="hint must be one of"):
+        compile_config("fp32", hint="FAST")
