@@ -209,6 +209,10 @@ def child_bench(bundle: str, backend: str, precision: str, runs: int, options: d
             "components_s": r["components_s"], "size_gib": r["size_mib"] / 1024}
 
 
+class ChildFailed(RuntimeError):
+    pass
+
+
 CHILDREN = {f.__name__: f for f in (child_diffusers, child_optimum_export, child_optimum_run, child_export,
                                      child_bench)}
 
@@ -219,7 +223,10 @@ def in_child(name: str, *args) -> dict:
     child = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(args)], capture_output=True,
                            text=True)
     if child.returncode != 0:
-        raise RuntimeError(f"{name}{args} failed:\n{child.stderr[-4000:]}")
+        lines = [line for line in child.stderr.strip().splitlines() if line.strip()] or ["no output"]
+        reason = "killed by signal 9 (out of memory?)" if child.returncode == -9 else lines[-1][:300]
+        print(child.stderr[-4000:], file=sys.stderr, flush=True)
+        raise ChildFailed(f"{name} failed: {reason}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -232,6 +239,13 @@ def _child_main(name: str, args_json: str) -> None:
 
 
 # ---------------------------------------------------------------- the plan per model
+
+def _attempt(fn) -> dict:
+    try:
+        return fn()
+    except ChildFailed as exc:
+        return {"failed": str(exc)}
+
 
 def plan(model: str, optimum: bool) -> list[dict]:
     """Rows to measure: exports first (each bundle once), then runs."""
@@ -293,40 +307,46 @@ def measure_model(model: str, out: Path, runs: int, optimum: bool, keep: bool, r
             results.append(json.loads(cached.read_text()))
             report(f"{model} {row['id']}: reused {cached}")
             continue
-        export = row.get("export")
-        exp = {}
-        if export and export[0] == "optimum":
-            exp_dir = folder / f"optimum-{export[1]}"
-            key = json.dumps(export)
-            if key not in exports:
-                exports[key] = (in_child("child_optimum_export", export[1], model, str(source), str(exp_dir))
-                                if not (exp_dir / "model_index.json").is_file() else {})
-            exp = exports[key]
-            run = in_child("child_optimum_run", row["run"][1], model, str(exp_dir), runs, size, row["run"][2])
-            run["size_gib"] = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) / 2**30
-            made = exp_dir
-        elif export:
-            _, precision, decoder, targets, options = export
-            bundle = folder / _bundle_name(precision, decoder, targets, options)
-            key = json.dumps(export)
-            if key not in exports:
-                exports[key] = (in_child("child_export", str(source), str(bundle), list(targets), precision,
-                                         str(taesd) if decoder == "tiny" else None, options)
-                                if not (bundle / "manifest.json").is_file() else {})
-            exp = exports[key]
-            run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
-            made = bundle
-        else:
-            run = in_child("child_diffusers", str(source), model, runs, size)
-            made = None
+        export, exp, made = row.get("export"), {}, None
+        try:
+            if export and export[0] == "optimum":
+                exp_dir = made = folder / f"optimum-{export[1]}"
+                key = json.dumps(export)
+                if key not in exports:
+                    exports[key] = _attempt(lambda: in_child("child_optimum_export", export[1], model, str(source),
+                                                             str(exp_dir)) if not (exp_dir / "model_index.json").is_file() else {})
+                exp = exports[key]
+                if "failed" in exp:
+                    raise ChildFailed(exp["failed"])
+                run = in_child("child_optimum_run", row["run"][1], model, str(exp_dir), runs, size, row["run"][2])
+                run["size_gib"] = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) / 2**30
+            elif export:
+                _, precision, decoder, targets, options = export
+                bundle = made = folder / _bundle_name(precision, decoder, targets, options)
+                key = json.dumps(export)
+                if key not in exports:
+                    exports[key] = _attempt(lambda: in_child(
+                        "child_export", str(source), str(bundle), list(targets), precision,
+                        str(taesd) if decoder == "tiny" else None, options) if not (bundle / "manifest.json").is_file() else {})
+                exp = exports[key]
+                if "failed" in exp:
+                    raise ChildFailed(exp["failed"])
+                run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
+            else:
+                run = in_child("child_diffusers", str(source), model, runs, size)
+        except ChildFailed as exc:  # recorded, and the run goes on
+            run = {"failed": str(exc)}
+            exp = exports.get(json.dumps(export), {}) if export else {}
+            exp = {} if "failed" in exp else exp
         result = {**{k: v for k, v in row.items() if k in ("id", "label", "decoder")}, "model": model,
                   "size": size, "runs": runs, **run,
                   "export_s": exp.get("export_s"), "export_peak_rss_gib": exp.get("peak_rss_gib"),
                   "parity_psnr_db": exp.get("parity_psnr_db")}
         cached.write_text(json.dumps(result, indent=2))
-        if made is not None and not keep and all(r.get("export") != export for r in rows[i + 1:]):
+        if made is not None and made.exists() and not keep and all(r.get("export") != export for r in rows[i + 1:]):
             shutil.rmtree(made)  # measured; full-size bundles would not all fit on the disk
-        report(f"{model} {row['id']}: {result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB")
+        report(f"{model} {row['id']}: " + (result["failed"] if "failed" in result else
+               f"{result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB"))
         results.append(result)
     return results
 
@@ -374,6 +394,9 @@ def table(rows: list[dict]) -> list[str]:
         return "" if value is None else fmt.format(value)
 
     for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['label']} | {r['decoder']} | {r['failed']} |" + " |" * 11)
+            continue
         comps = r.get("components_s") or {}
         text = sum(comps[k]["median"] for k in comps if k.startswith("text_encoder")) if comps else None
         parity = r.get("parity_psnr_db") or {}
@@ -395,6 +418,7 @@ def chart(all_rows: dict[str, list[dict]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(all_rows), figsize=(6.5 * len(all_rows), 5.5), squeeze=False)
     for ax, (model, rows) in zip(axes[0], all_rows.items()):
+        rows = [r for r in rows if "failed" not in r]
         labels = [f"{r['label'].replace('nitro-edge ', 'ne ')}\n{r['decoder']}" for r in rows]
         med = [r["end_to_end_s"]["median"] for r in rows]
         colors = ["#999999" if r["id"] == "diffusers" else "#dd8452" if r["id"].startswith("optimum") else "#4c72b0"
@@ -433,7 +457,7 @@ def main(argv=None) -> None:
         lines += table(rows) + [""]
     flops = unet_flops(args.out / "sd15" / "source") if "sd15" in all_rows else None
     if flops:
-        best = min((r for r in all_rows["sd15"] if r["id"].startswith("nitro") and r["components_s"].get("generator")
+        best = min((r for r in all_rows["sd15"] if r["id"].startswith("nitro") and r.get("components_s", {}).get("generator")
                     and "fp32" in r["id"]), key=lambda r: r["components_s"]["generator"]["median"])
         achieved = flops / best["components_s"]["generator"]["median"]
         lines.append(f"fp32 GEMM peak (4096³, torch): {peak / 1e9:.0f} GFLOP/s. SD1.5 UNet, one call at 64×64 latents: "
