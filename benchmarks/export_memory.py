@@ -43,7 +43,7 @@ example = {"sample": rng.standard_normal((1, 4, 64, 64), dtype=np.float32), "tim
 after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 t0 = time.perf_counter()
 files = importlib.import_module(f"nitro_edge.export.{target}").export(
-    ComponentSource(spec, module, example, [], folder / "scratch"), folder / "out", precision)
+    ComponentSource(spec, lambda: module, example, [], folder / "scratch"), folder / "out", precision)
 print(json.dumps({"params": params, "rss_after_load": after_load, "seconds": time.perf_counter() - t0,
                   "bytes_on_disk": sum(f.stat().st_size for f in files)}))
 """
