@@ -263,6 +263,11 @@ def train(
 def main() -> None:
     """Console entry point: configure logging, run, and turn our errors into one line."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # diffusers and transformers log import-time notes on their own handlers (for example
+    # "Multiple distributions found for package optimum" when optimum-intel is installed); the CLI
+    # shows our messages only, unless the user asks for theirs.
+    for library in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):
+        os.environ.setdefault(library, "error")
     try:
         app()  # typer reports its own usage errors (exit 2); ours arrive here
     except NitroEdgeError as exc:
