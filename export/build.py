@@ -278,7 +278,7 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
         report(f"coreml {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
                "(Core ML predicts on macOS only)")
         return {"numeric": False, "reason": "Core ML prediction needs macOS; the spec was checked", "spec": spec_report}
-    candidate = runtime.load(bundle, precision)
+    candidate = _on_demand(runtime, bundle, precision)
     errors = {}
     for name in list(sources):
         try:
@@ -291,11 +291,11 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
                     exporter.export(sources[name], tmp / target / precision, "fp32", options), reason=str(exc),
                     extra=options.facts(name))
             bundle = _draft(tmp, manifest)
-            candidate = runtime.load(bundle, precision)
+            candidate = _on_demand(runtime, bundle, precision)
             errors[name] = compare_component(name, reference[name], candidate[name], examples[name], "fp32")
     variants = {}
     for label, kwargs in getattr(options, "gate_variants", dict)().items():
-        other = runtime.load(bundle, precision, **kwargs)
+        other = _on_demand(runtime, bundle, precision, **kwargs)
         variants[label] = {name: compare_component(name, reference[name], other[name], examples[name],
                                                    bundle.artifact(name, target, precision)["precision"])
                            for name in sources}
@@ -318,6 +318,22 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
         "seed": PARITY_SEED,
         "steps": 1,
     }
+
+
+def _on_demand(runtime, bundle: Bundle, precision: str, **options) -> dict:
+    """Components that load when called and are released after, so the gate holds one at a time
+    (an SDXL pipeline's sessions together do not fit beside a 1024² run in 24 GiB)."""
+    def component(name: str):
+        def call(**arrays):
+            loaded = runtime.load(bundle, precision, components=[name], **options)
+            try:
+                return loaded[name](**arrays)
+            finally:
+                del loaded
+                gc.collect()
+        return call
+
+    return {name: component(name) for name in bundle.specs}
 
 
 def _draft(tmp: Path, manifest: dict) -> Bundle:

@@ -203,3 +203,13 @@ def checked(spec: ComponentSpec, fn: Component) -> Component:
 
     call.spec = spec  # type: ignore[attr-defined]
     return call
+
+
+def selected(bundle, components=None) -> list[tuple[str, ComponentSpec]]:
+    """(name, spec) of the bundle's components, or of `components` only (checked against the bundle)."""
+    if components is None:
+        return list(bundle.specs.items())
+    unknown = [c for c in components if c not in bundle.specs]
+    if unknown:
+        raise InputError(f"components must be among {sorted(bundle.specs)}, got {unknown}")
+    return [(name, bundle.specs[name]) for name in components]

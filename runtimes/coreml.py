@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import platform
 
+from typing import Sequence
+
 import numpy as np
 
 from nitro_edge._lazy import require
 from nitro_edge.errors import BundleError, InputError, MissingExtraError
-from nitro_edge.specs import ComponentSpec, checked
+from nitro_edge.specs import ComponentSpec, checked, selected
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -38,15 +40,15 @@ def as_component(models: list, spec: ComponentSpec):
     return checked(spec, call)
 
 
-def load(bundle, precision: str = "fp16", compute_units: str = "ALL") -> dict:
-    """Core ML components; needs macOS (prediction is not available elsewhere)."""
+def load(bundle, precision: str = "fp16", compute_units: str = "ALL", components: Sequence[str] | None = None) -> dict:
+    """Core ML components (all, or only `components`); needs macOS (prediction is not available elsewhere)."""
     if not available():
         raise MissingExtraError("the coreml backend predicts on macOS only; on this platform use onnx or openvino")
     ct = require("coremltools", "coreml")
     if compute_units not in COMPUTE_UNITS:
         raise InputError(f"compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}")
     comps = {}
-    for name, spec in bundle.specs.items():
+    for name, spec in selected(bundle, components):
         models = []
         for path in bundle.artifact_parts(name, "coreml", precision):
             try:

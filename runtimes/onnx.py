@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from nitro_edge._lazy import require
 from nitro_edge.errors import BundleError, InputError
-from nitro_edge.specs import ComponentSpec, checked
+from nitro_edge.specs import ComponentSpec, checked, selected
 
 
 def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
@@ -60,11 +61,12 @@ def check_external_data(bundle, path: Path, listed: list[str]) -> None:
 
 
 def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None,
-         ort_format: bool = False) -> dict:
-    """ONNX Runtime components for every component of `bundle` at `precision`; with `ort_format`,
-    from the .ort files written by `--ort-format` (what ONNX Runtime Mobile loads)."""
+         ort_format: bool = False, components: Sequence[str] | None = None) -> dict:
+    """ONNX Runtime components for every component of `bundle` at `precision` (or only
+    `components`); with `ort_format`, from the .ort files written by `--ort-format` (what ONNX
+    Runtime Mobile loads)."""
     comps = {}
-    for name, spec in bundle.specs.items():
+    for name, spec in selected(bundle, components):
         path = bundle.artifact_path(name, "onnx", precision)
         files = bundle.artifact(name, "onnx", precision)["files"]
         if ort_format:

@@ -3,11 +3,13 @@ batch is run one item at a time."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from nitro_edge._lazy import require
 from nitro_edge.errors import BundleError, InputError
-from nitro_edge.specs import ComponentSpec, checked
+from nitro_edge.specs import ComponentSpec, checked, selected
 
 HINTS = ("LATENCY", "THROUGHPUT")
 
@@ -29,8 +31,10 @@ def as_component(compiled, spec: ComponentSpec):
 
 
 def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | None = None,
-         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "auto") -> dict:
-    """OpenVINO components compiled for `device`; `cache_dir` keeps compiled blobs between runs.
+         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "auto",
+         components: Sequence[str] | None = None) -> dict:
+    """OpenVINO components (all, or only `components`) compiled for `device`; `cache_dir` keeps
+    compiled blobs between runs.
 
     `inference_precision` "auto" means f32 for fp32 and fp16 bundles (on CPUs with bf16 units
     OpenVINO would otherwise compute in bf16 and lose the bundle's measured parity) and the device's
@@ -44,7 +48,7 @@ def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | 
         raise InputError(f"OpenVINO device {device!r} is not available here; available: {core.available_devices}")
     config = compile_config(precision, hint, threads, inference_precision, cache_dir)
     comps = {}
-    for name, spec in bundle.specs.items():
+    for name, spec in selected(bundle, components):
         path = bundle.artifact_path(name, "openvino", precision)
         try:
             # From the path: OpenVINO maps the weights file instead of holding a read copy beside

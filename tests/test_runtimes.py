@@ -101,3 +101,14 @@ def test_openvino_inference_precision_follows_the_bundle():
         "INFERENCE_NUM_THREADS": 2}
     with pytest.raises(InputError, match="hint must be one of"):
         compile_config("fp32", hint="FAST")
+
+
+def test_load_can_open_only_some_components(tiny_bundle):
+    """What the export gate uses to hold one component in memory at a time."""
+    from nitro_edge.bundle import Bundle
+    from nitro_edge.runtimes import onnx as onnx_rt
+
+    bundle = Bundle.open(tiny_bundle("sd15"))
+    assert list(onnx_rt.load(bundle, "fp32", components=["vae_decoder"])) == ["vae_decoder"]
+    with pytest.raises(InputError, match=r"components must be among .* got \['unet'\]"):
+        onnx_rt.load(bundle, "fp32", components=["unet"])
