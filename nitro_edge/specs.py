@@ -36,10 +36,13 @@ class Floor:
     component_snr_db: float = 0.0
 
 
-# fp32 is the foundation's contract (1e-4, 50 dB). The others are set from the measurements in
-# docs/export.md (tiny models) with margin; Core ML's are starting points, checked only on macOS.
+# fp32: 50 dB end to end, and per component an SNR of 60 dB rather than an absolute 1e-4: fp32
+# in another summation order drifts with reduction length, and the full-size SDXL VAE decoder at
+# 1024² differs from torch by 1.7e-4 max abs at 82 dB SNR (tiny models: ~1e-6, ~130 dB). The
+# others are set from the measurements in docs/export.md (tiny models) with margin; Core ML's are
+# starting points, checked only on macOS.
 FLOORS = {
-    "fp32": Floor(psnr_db=50.0, component_max_abs=1e-4),
+    "fp32": Floor(psnr_db=50.0, component_snr_db=60.0),
     "fp16": Floor(psnr_db=35.0, component_snr_db=30.0),
     "int8": Floor(psnr_db=25.0, component_snr_db=15.0),
     "int8-hybrid": Floor(psnr_db=25.0, component_snr_db=15.0),
