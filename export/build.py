@@ -81,6 +81,7 @@ def export_bundle(
     dims, tokenizers, specs, examples, recorded, ref_images, calibration = _reference_run(src, height, width, precision)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out, report)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     scratch = out.parent / f".{out.name}.scratch-{os.getpid()}"
     for path in (tmp, scratch):
@@ -122,6 +123,27 @@ def export_bundle(
         shutil.rmtree(scratch, ignore_errors=True)
     report(f"bundle written: {out}")
     return out
+
+
+def _remove_leftovers(out: Path, report) -> None:
+    """Folders of an export of `out` that was killed (SIGKILL, the OOM killer, power loss) cannot
+    clean up after themselves: remove those whose process is gone (a full-size one is gigabytes)."""
+    for kind in ("partial", "scratch"):
+        for path in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                report(f"removed {path.name}, left by an export that was killed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _reference_run(src: Source, height, width, precision: str):

@@ -161,3 +161,24 @@ def test_missing_extra_names_the_pip_command(tiny_bundle, monkeypatch):
     monkeypatch.delitem(sys.modules, "openvino", raising=False)
     with pytest.raises(MissingExtraError, match=r"pip install 'nitro-edge\[openvino\]'"):
         nitro_edge.load(tiny_bundle("sd15"), backend="openvino")
+
+
+def test_leftovers_of_a_killed_export_are_removed(tiny_source, tmp_path):
+    """SIGKILL leaves the temporary folders behind; the next export of the same bundle removes
+    those whose process is gone and keeps those of a live one."""
+    import subprocess
+    import sys
+
+    from nitro_edge.export import export_bundle
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    left = [tmp_path / f".b.partial-{dead}", tmp_path / f".b.scratch-{dead}"]
+    live = tmp_path / f".b.partial-{os.getppid()}"
+    for path in [*left, live]:
+        (path / "onnx").mkdir(parents=True)
+        (path / "onnx" / "generator.onnx").write_bytes(b"half written")
+    messages = []
+    export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], shift=500, report=messages.append)
+    assert not any(p.exists() for p in left) and live.exists()
+    assert f"removed .b.partial-{dead}, left by an export that was killed" in messages
