@@ -166,11 +166,6 @@ def test_missing_extra_names_the_pip_command(tiny_bundle, monkeypatch):
 def test_leftovers_of_a_killed_export_are_removed(tiny_source, tmp_path):
     """SIGKILL leaves the temporary folders behind; the next export of the same bundle removes
     those whose process is gone and keeps those of a live one."""
-    import subprocess
-    import sys
-
-    from nitro_edge.export import export_bundle
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     left = [tmp_path / f".b.partial-{dead}", tmp_path / f".b.scratch-{dead}"]
