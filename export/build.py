@@ -316,7 +316,7 @@ def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sou
             candidate = _on_demand(runtime, bundle, precision)
             errors[name] = compare_component(name, reference[name], candidate[name], examples[name], "fp32")
     variants = {}
-    for label, kwargs in getattr(options, "gate_variants", dict)().items():
+    for label, kwargs in options.gate_variants().items():
         other = _on_demand(runtime, bundle, precision, **kwargs)
         variants[label] = {name: compare_component(name, reference[name], other[name], examples[name],
                                                    bundle.artifact(name, target, precision)["precision"])

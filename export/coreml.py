@@ -56,6 +56,10 @@ class Options:
             facts["attention"] = self.attention
         return facts
 
+    def gate_variants(self) -> dict[str, dict]:
+        """Other ways a runtime opens these artifacts (none for this target)."""
+        return {}
+
 
 def export(component, folder: Path, precision: str, options: Options = Options()) -> list[Path]:
     """Write <name>.mlpackage (a folder) at `precision` into `folder`; returns its files. With

@@ -26,6 +26,10 @@ class Options:
     def facts(self, component: str) -> dict:
         return {}
 
+    def gate_variants(self) -> dict[str, dict]:
+        """Other ways a runtime opens these artifacts (none for this target)."""
+        return {}
+
 
 def static_shapes(spec) -> dict:
     return {t.name: [1 if d == "batch" else d for d in t.shape] for t in spec.inputs}
