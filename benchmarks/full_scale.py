@@ -2,7 +2,7 @@
 download) through nitro-edge, against diffusers' own pipeline in torch fp32 and optimum's ONNX
 Runtime and OpenVINO pipelines, one step, on this machine. One command runs it all:
 
-    python benchmarks/full_scale.py --out runs/full-scale [--models sd15 sd21 sdxl] [--runs 3]
+    python benchmarks/full_scale.py --out runs/full-scale [--models sd15 sd21 sdxl] [--sdxl-size 1024 512] [--runs 3]
 
 Every measurement runs in a fresh process (so peak RSS is its own) and is kept in
 OUT/<model>/rows/<row>.json; a second invocation reuses rows already measured (delete them to
@@ -14,9 +14,10 @@ and OUT/results.png. Rows per model:
 - optimum ort / optimum openvino (models in --optimum): optimum's export, then its pipeline;
   OpenVINO twice, with the f32 precision hint and with the plugin's default (bf16 on this CPU), with
   optimum's default dynamic shapes (its static reshape assumes guidance, a UNet batch of 2).
-- nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 also with a
-  full-size AutoencoderTiny (TAESD layout), --onnx-optimize, OpenVINO at the plugin's default
-  precision, and int8-hybrid OpenVINO bundles (full VAE and tiny decoder).
+- nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target); for sd15 and sdxl also
+  OpenVINO at the plugin's default precision and an int8 (weight-only) OpenVINO bundle; for sd15
+  also a full-size AutoencoderTiny (TAESD layout), --onnx-optimize, and int8-hybrid OpenVINO bundles
+  (full VAE and tiny decoder). Bundles are exported at the size they are measured at.
 Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
 
 Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
@@ -191,12 +192,13 @@ def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, 
     return _run_pipeline(pipe, runs, size, t0)
 
 
-def child_export(source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict) -> dict:
+def child_export(source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict,
+                 size: int) -> dict:
     from nitro_edge.export import export_bundle
 
     t0 = time.perf_counter()
     export_bundle(source, bundle, targets=targets, precision=precision, tiny_vae=tiny, options=options,
-                  report=lambda m: print(m, file=sys.stderr, flush=True))
+                  height=size, width=size, report=lambda m: print(m, file=sys.stderr, flush=True))
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     parity = {k: v.get("end_to_end_psnr_db") for k, v in manifest["parity"].items()}
     return {"export_s": time.perf_counter() - t0, "parity_psnr_db": parity}
@@ -268,22 +270,24 @@ def plan(model: str, optimum: bool) -> list[dict]:
             rows.append({"id": f"nitro-{target}-fp32-{decoder}", "decoder": label, "export": ("nitro", *bundle),
                          "label": f"nitro-edge {target} fp32" + (" (f32 hint)" if target == "openvino" else ""),
                          "run": ("nitro", target, "fp32", {})})
-            if model == "sd15" and decoder == "full" and target == "openvino":
+            if model in ("sd15", "sdxl") and decoder == "full" and target == "openvino":
                 rows.append({"id": "nitro-openvino-fp32-full-default", "decoder": label, "export": ("nitro", *bundle),
                              "label": "nitro-edge openvino fp32 (plugin default: bf16 here)",
                              "run": ("nitro", "openvino", "fp32", {"inference_precision": None})})
+    # int8 bundles run at OpenVINO's device-default precision (bf16 here), as the runtime does for int8.
+    int8 = [("int8", "full")] + ([("int8-hybrid", "full"), ("int8-hybrid", "tiny")] if model == "sd15" else [])
+    if model in ("sd15", "sdxl"):
+        for precision, decoder in int8:
+            rows.append({"id": f"nitro-openvino-{precision}-{decoder}", "label": f"nitro-edge openvino {precision}",
+                         "decoder": "full VAE" if decoder == "full" else "tiny decoder",
+                         "export": ("nitro", precision, decoder, ("openvino",), {}),
+                         "run": ("nitro", "openvino", precision, {})})
     if model == "sd15":
         rows += [
             {"id": "nitro-onnx-fp32-full-optimized", "label": "nitro-edge onnx fp32 --onnx-optimize",
              "decoder": "full VAE", "export": ("nitro", "fp32", "full", ("onnx",), {"onnx": {"optimize": True}}),
              "run": ("nitro", "onnx", "fp32", {})},
         ]
-        for precision in ("int8-hybrid",):
-            for decoder in ("full", "tiny"):
-                rows.append({"id": f"nitro-openvino-{precision}-{decoder}", "label": f"nitro-edge openvino {precision}",
-                             "decoder": "full VAE" if decoder == "full" else "tiny decoder",
-                             "export": ("nitro", precision, decoder, ("openvino",), {}),
-                             "run": ("nitro", "openvino", precision, {})})
     return rows
 
 
@@ -292,13 +296,13 @@ def _bundle_name(precision, decoder, targets, options) -> str:
     return f"bundle-{'+'.join(targets)}-{precision}-{decoder}{extra}"
 
 
-def measure_model(model: str, out: Path, runs: int, optimum: bool, keep: bool, report) -> list[dict]:
+def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, keep: bool, report) -> list[dict]:
+    """Every row of plan() for `model` at `size`² (rows of a size other than the native one in rows-<size>)."""
     folder = out / model
-    rows_dir = folder / "rows"
+    rows_dir = folder / ("rows" if size == SIZES[model] else f"rows-{size}")
     rows_dir.mkdir(parents=True, exist_ok=True)
     source = build(model, folder / "source")
     taesd = build_taesd(out / "taesd")
-    size = SIZES[model]
     exports: dict[str, dict] = {}
     results = []
     rows = plan(model, optimum)
@@ -323,12 +327,12 @@ def measure_model(model: str, out: Path, runs: int, optimum: bool, keep: bool, r
                 run["size_gib"] = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) / 2**30
             elif export:
                 _, precision, decoder, targets, options = export
-                bundle = made = folder / _bundle_name(precision, decoder, targets, options)
+                bundle = made = folder / f"{_bundle_name(precision, decoder, targets, options)}-{size}"
                 key = json.dumps(export)
                 if key not in exports:
                     exports[key] = _attempt(lambda: in_child(
                         "child_export", str(source), str(bundle), list(targets), precision,
-                        str(taesd) if decoder == "tiny" else None, options) if not (bundle / "manifest.json").is_file() else {})
+                        str(taesd) if decoder == "tiny" else None, options, size) if not (bundle / "manifest.json").is_file() else {})
                 exp = exports[key]
                 if "failed" in exp:
                     raise ChildFailed(exp["failed"])
@@ -426,7 +430,7 @@ def chart(all_rows: dict[str, list[dict]], path: Path) -> None:
                   for r in rows]
         ax.barh(labels[::-1], med[::-1], color=colors[::-1])
         ax.set_xlabel("end-to-end latency, s (median)")
-        ax.set_title(f"{model}, {rows[0]['size']}², 1 step")
+        ax.set_title(f"{rows[0]['model']}, {rows[0]['size']}², 1 step")
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle("grey: diffusers torch fp32, orange: optimum, blue: nitro-edge")
     fig.tight_layout()
@@ -440,20 +444,25 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl"], choices=list(SIZES))
     parser.add_argument("--optimum", nargs="*", default=["sd15"], choices=list(SIZES),
                         help="models to compare with optimum's pipelines (default sd15)")
-    parser.add_argument("--sdxl-size", type=int, default=1024, choices=[512, 1024])
+    parser.add_argument("--sdxl-size", type=int, nargs="+", default=[1024], choices=[512, 1024],
+                        help="SDXL resolution(s); 1024 is native, 512 is kept in OUT/sdxl/rows-512")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep-bundles", action="store_true", help="keep every bundle (needs about 100 GB)")
     args = parser.parse_args(argv)
-    SIZES["sdxl"] = args.sdxl_size
     args.out.mkdir(parents=True, exist_ok=True)
 
     def report(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    all_rows = {m: measure_model(m, args.out, args.runs, m in args.optimum, args.keep_bundles, report) for m in args.models}
+    all_rows = {}
+    for model in args.models:
+        for size in args.sdxl_size if model == "sdxl" else [SIZES[model]]:
+            key = model if size == SIZES[model] else f"{model}@{size}"
+            all_rows[key] = measure_model(model, size, args.out, args.runs, model in args.optimum, args.keep_bundles,
+                                          report)
     peak = gemm_peak()
     lines = [f"Machine: {_cpu()}, {_cores()} cores; {time.strftime('%Y-%m-%d')}; `python benchmarks/full_scale.py "
-             f"--models {' '.join(args.models)} --runs {args.runs}`", ""]
+             f"--models {' '.join(args.models)} --sdxl-size {' '.join(map(str, args.sdxl_size))} --runs {args.runs}`", ""]
     for model, rows in all_rows.items():
         lines += table(rows) + [""]
     flops = unet_flops(args.out / "sd15" / "source") if "sd15" in all_rows else None
