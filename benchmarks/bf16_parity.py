@@ -15,27 +15,31 @@ PROMPTS = ("a photograph of an astronaut riding a horse", "a red circle at the t
            "a watercolour landscape with mountains")
 
 
-def main(argv=None) -> None:
+def compare(bundle: str, precision: str = "fp32", prompts=PROMPTS, seeds: int = 3) -> dict:
+    """The same prompts and seeds at f32 and at the device's default precision; PSNR per seed."""
     import nitro_edge
     from nitro_edge.bundle import Bundle
     from nitro_edge.export.parity import psnr_db
 
+    images = {}
+    for label, hint in (("f32", "f32"), ("device default", None)):
+        sampler = nitro_edge.load(bundle, backend="openvino", precision=precision, inference_precision=hint)
+        images[label] = [sampler.generate(list(prompts), seed=seed, output="numpy") for seed in range(seeds)]
+        del sampler
+    values = [psnr_db(a, b) for a, b in zip(images["f32"], images["device default"])]
+    gate = Bundle.open(bundle, verify=False).manifest["parity"].get(f"openvino/{precision}", {})
+    return {"bundle": bundle, "precision": precision, "prompts": len(prompts), "seeds": seeds,
+            "psnr_db_bf16_vs_f32": [round(v, 2) for v in values], "min_psnr_db": round(min(values), 2),
+            "gate_psnr_db_f32_vs_torch": gate.get("end_to_end_psnr_db")}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    images = {}
-    for label, hint in (("f32", "f32"), ("device default", None)):
-        sampler = nitro_edge.load(args.bundle, backend="openvino", precision=args.precision, inference_precision=hint)
-        images[label] = [sampler.generate(list(PROMPTS), seed=seed, output="numpy") for seed in range(args.seeds)]
-        del sampler
-    values = [psnr_db(a, b) for a, b in zip(images["f32"], images["device default"])]
-    gate = Bundle.open(args.bundle, verify=False).manifest["parity"].get(f"openvino/{args.precision}", {})
-    print(json.dumps({"bundle": args.bundle, "precision": args.precision, "prompts": len(PROMPTS),
-                      "seeds": args.seeds, "psnr_db_bf16_vs_f32": [round(v, 2) for v in values],
-                      "min_psnr_db": round(min(values), 2),
-                      "gate_psnr_db_f32_vs_torch": gate.get("end_to_end_psnr_db")}))
+    print(json.dumps(compare(args.bundle, args.precision, seeds=args.seeds)))
 
 
 if __name__ == "__main__":

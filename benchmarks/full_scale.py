@@ -212,12 +212,20 @@ def child_bench(bundle: str, backend: str, precision: str, runs: int, options: d
             "components_s": r["components_s"], "size_gib": r["size_mib"] / 1024}
 
 
+def child_bf16_parity(bundle: str, precision: str) -> dict:
+    """PSNR between OpenVINO's f32 and device-default (bf16 here) images: one prompt, one seed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bf16_parity import compare
+
+    return compare(bundle, precision, prompts=(PROMPT,), seeds=1)
+
+
 class ChildFailed(RuntimeError):
     pass
 
 
 CHILDREN = {f.__name__: f for f in (child_diffusers, child_optimum_export, child_optimum_run, child_export,
-                                     child_bench)}
+                                     child_bench, child_bf16_parity)}
 
 
 def in_child(name: str, *args) -> dict:
@@ -337,6 +345,10 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
                 if "failed" in exp:
                     raise ChildFailed(exp["failed"])
                 run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
+                if row["run"][1] == "openvino" and row["run"][3].get("inference_precision", "") is None:
+                    # How far the device's default precision moves this bundle's image from f32 compute.
+                    bf16 = _attempt(lambda: in_child("child_bf16_parity", str(bundle), precision))
+                    run["bf16_vs_f32_psnr_db"] = bf16.get("min_psnr_db", bf16.get("failed"))
             else:
                 run = in_child("child_diffusers", str(source), model, runs, size)
         except ChildFailed as exc:  # recorded, and the run goes on
@@ -404,14 +416,17 @@ def table(rows: list[dict]) -> list[str]:
             continue
         comps = r.get("components_s") or {}
         text = sum(comps[k]["median"] for k in comps if k.startswith("text_encoder")) if comps else None
-        parity = r.get("parity_psnr_db") or {}
+        parity = " ".join(f"{v:.0f}" for v in (r.get("parity_psnr_db") or {}).values() if v is not None)
+        bf16 = r.get("bf16_vs_f32_psnr_db")
+        if bf16 is not None:  # a number, or why it could not be measured
+            parity += f"; bf16 vs f32: {bf16:.1f}" if isinstance(bf16, float) else f"; bf16 vs f32: {bf16}"
         lines.append(
             f"| {r['label']} | {r['decoder']} | {r['end_to_end_s']['median']:.2f} | "
             f"{base['end_to_end_s']['median'] / r['end_to_end_s']['median']:.2f} | {f(text)} | "
             f"{f(comps.get('generator', {}).get('median'))} | {f(comps.get('vae_decoder', {}).get('median'))} | "
             f"{r['cold_start_s']:.1f} | {r['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | "
             f"{f(r.get('size_gib'))} | {f(r.get('export_s'), '{:.0f}')} | {f(r.get('export_peak_rss_gib'), '{:.1f}')} | "
-            f"{' '.join(f'{v:.0f}' for v in parity.values() if v is not None)} |")
+            f"{parity} |")
     return lines
 
 
