@@ -290,6 +290,9 @@ def plan(model: str, optimum: bool) -> list[dict]:
                          "decoder": "full VAE" if decoder == "full" else "tiny decoder",
                          "export": ("nitro", precision, decoder, ("openvino",), {}),
                          "run": ("nitro", "openvino", precision, {})})
+    # Core ML: converted and checked here; prediction needs macOS, so these rows have no run.
+    rows.append({"id": "nitro-coreml-fp16-full", "label": "nitro-edge coreml fp16", "decoder": "full VAE",
+                 "export": ("nitro", "fp16", "full", ("coreml",), {}), "run": None})
     if model == "sd15":
         rows += [
             {"id": "nitro-onnx-fp32-full-optimized", "label": "nitro-edge onnx fp32 --onnx-optimize",
@@ -344,8 +347,12 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
                 exp = exports[key]
                 if "failed" in exp:
                     raise ChildFailed(exp["failed"])
-                run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
-                if row["run"][1] == "openvino" and row["run"][3].get("inference_precision", "") is None:
+                if row["run"] is None:
+                    run = {"not_run": "prediction needs macOS", "size_gib": sum(
+                        f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2**30}
+                else:
+                    run = in_child("child_bench", str(bundle), row["run"][1], row["run"][2], runs, row["run"][3])
+                if row["run"] and row["run"][1] == "openvino" and row["run"][3].get("inference_precision", "") is None:
                     # How far the device's default precision moves this bundle's image from f32 compute.
                     bf16 = _attempt(lambda: in_child("child_bf16_parity", str(bundle), precision))
                     run["bf16_vs_f32_psnr_db"] = bf16.get("min_psnr_db", bf16.get("failed"))
@@ -362,7 +369,7 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
         cached.write_text(json.dumps(result, indent=2))
         if made is not None and made.exists() and not keep and all(r.get("export") != export for r in rows[i + 1:]):
             shutil.rmtree(made)  # measured; full-size bundles would not all fit on the disk
-        report(f"{model} {row['id']}: " + (result["failed"] if "failed" in result else
+        report(f"{model} {row['id']}: " + (result.get("failed") or result.get("not_run") or
                f"{result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB"))
         results.append(result)
     return results
@@ -414,6 +421,11 @@ def table(rows: list[dict]) -> list[str]:
         if "failed" in r:
             lines.append(f"| {r['label']} | {r['decoder']} | {r['failed']} |" + " |" * 11)
             continue
+        if "not_run" in r:  # exported only
+            lines.append(f"| {r['label']} | {r['decoder']} | not run: {r['not_run']} |" + " |" * 7 +
+                         f" {f(r.get('size_gib'))} | {f(r.get('export_s'), '{:.0f}')} | "
+                         f"{f(r.get('export_peak_rss_gib'), '{:.1f}')} | spec checked |")
+            continue
         comps = r.get("components_s") or {}
         text = sum(comps[k]["median"] for k in comps if k.startswith("text_encoder")) if comps else None
         parity = " ".join(f"{v:.0f}" for v in (r.get("parity_psnr_db") or {}).values() if v is not None)
@@ -438,7 +450,7 @@ def chart(all_rows: dict[str, list[dict]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(all_rows), figsize=(6.5 * len(all_rows), 5.5), squeeze=False)
     for ax, (model, rows) in zip(axes[0], all_rows.items()):
-        rows = [r for r in rows if "failed" not in r]
+        rows = [r for r in rows if "failed" not in r and "not_run" not in r]
         labels = [f"{r['label'].replace('nitro-edge ', 'ne ')}\n{r['decoder']}" for r in rows]
         med = [r["end_to_end_s"]["median"] for r in rows]
         colors = ["#999999" if r["id"] == "diffusers" else "#dd8452" if r["id"].startswith("optimum") else "#4c72b0"
