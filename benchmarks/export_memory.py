@@ -1,5 +1,7 @@
 """Peak RSS of exporting a full-size SD1.5-architecture generator (UNet 860M parameters, random
 weights, 512x512) to one target, in a fresh process, as a multiple of the generator's fp32 size.
+The component is handled as export_bundle handles it: built when first asked for, traced to ONNX,
+released, then converted (Core ML converts from the torch module itself).
 
     python benchmarks/export_memory.py --target onnx        # or openvino, coreml
 """
@@ -30,20 +32,28 @@ from nitro_edge.runtimes.torch import Generator
 from nitro_edge.schedule import NoiseSchedule, SamplerParams
 from nitro_edge.specs import ModelDims, component_specs
 import importlib
-target, precision, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-torch.manual_seed(0)
-unet = diffusers.UNet2DConditionModel(**json.loads(sys.argv[4])).eval()
-params = sum(p.numel() for p in unet.parameters())
-module = Generator(unet, SamplerParams(NoiseSchedule(), shift=1000), sdxl=False).eval()
+target, precision, folder, config = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+with torch.device("meta"):
+    params = sum(p.numel() for p in diffusers.UNet2DConditionModel(**config).parameters())
+
+def load():  # as the export loads a component: when first asked for, released after its trace
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(**config).eval()
+    return Generator(unet, SamplerParams(NoiseSchedule(), shift=1000), sdxl=False).eval()
+
 dims = ModelDims("sd15", 512, 512, (768,))
 spec = component_specs(dims)["generator"]
 rng = np.random.default_rng(0)
 example = {"sample": rng.standard_normal((1, 4, 64, 64), dtype=np.float32), "timestep": np.array([999]),
            "encoder_hidden_states": rng.standard_normal((1, 77, 768), dtype=np.float32)}
-after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+component = ComponentSource(spec, load, example, [], folder / "scratch")
 t0 = time.perf_counter()
-files = importlib.import_module(f"nitro_edge.export.{target}").export(
-    ComponentSource(spec, lambda: module, example, [], folder / "scratch"), folder / "out", precision)
+component.module
+after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if target != "coreml":  # the order of export_bundle: the ONNX trace first, then the module is dropped
+    component.onnx_fp32()
+    component.release()
+files = importlib.import_module(f"nitro_edge.export.{target}").export(component, folder / "out", precision)
 print(json.dumps({"params": params, "rss_after_load": after_load, "seconds": time.perf_counter() - t0,
                   "bytes_on_disk": sum(f.stat().st_size for f in files)}))
 """
