@@ -14,10 +14,12 @@ and OUT/results.png. Rows per model:
 - optimum ort / optimum openvino (models in --optimum): optimum's export, then its pipeline;
   OpenVINO twice, with the f32 precision hint and with the plugin's default (bf16 on this CPU), with
   optimum's default dynamic shapes (its static reshape assumes guidance, a UNet batch of 2).
-- nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target); for sd15 and sdxl also
-  OpenVINO at the plugin's default precision and an int8 (weight-only) OpenVINO bundle; for sd15
-  also a full-size AutoencoderTiny (TAESD layout), --onnx-optimize, and int8-hybrid OpenVINO bundles
-  (full VAE and tiny decoder). Bundles are exported at the size they are measured at.
+- nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 and sd21
+  also with a full-size AutoencoderTiny (TAESD layout); an int8 (weight-only) OpenVINO bundle (sdxl:
+  also with the tiny decoder); a Core ML fp16 bundle (converted and checked; no run: prediction
+  needs macOS); for sd15 and sdxl also OpenVINO at the plugin's default precision; for sd15 also
+  --onnx-optimize and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are
+  exported at the size they are measured at.
 Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
 
 Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
@@ -270,7 +272,7 @@ def plan(model: str, optimum: bool) -> list[dict]:
             {"id": "optimum-ov-default", "label": "optimum openvino fp32 (plugin default: bf16 here)",
              "decoder": "full VAE", "export": ("optimum", "openvino"), "run": ("optimum", "openvino", {})},
         ]
-    for decoder in ("full", "tiny") if model == "sd15" else ("full",):
+    for decoder in ("full", "tiny") if model in ("sd15", "sd21") else ("full",):
         label = "full VAE" if decoder == "full" else "tiny decoder"
         for target in ("onnx", "openvino"):
             # sdxl: one target per bundle, deleted after use (disk); the others hold both.
@@ -283,13 +285,13 @@ def plan(model: str, optimum: bool) -> list[dict]:
                              "label": "nitro-edge openvino fp32 (plugin default: bf16 here)",
                              "run": ("nitro", "openvino", "fp32", {"inference_precision": None})})
     # int8 bundles run at OpenVINO's device-default precision (bf16 here), as the runtime does for int8.
-    int8 = [("int8", "full")] + ([("int8-hybrid", "full"), ("int8-hybrid", "tiny")] if model == "sd15" else [])
-    if model in ("sd15", "sdxl"):
-        for precision, decoder in int8:
-            rows.append({"id": f"nitro-openvino-{precision}-{decoder}", "label": f"nitro-edge openvino {precision}",
-                         "decoder": "full VAE" if decoder == "full" else "tiny decoder",
-                         "export": ("nitro", precision, decoder, ("openvino",), {}),
-                         "run": ("nitro", "openvino", precision, {})})
+    int8 = [("int8", "full")] + ([("int8-hybrid", "full"), ("int8-hybrid", "tiny")] if model == "sd15" else
+                                 [("int8", "tiny")] if model == "sdxl" else [])
+    for precision, decoder in int8:
+        rows.append({"id": f"nitro-openvino-{precision}-{decoder}", "label": f"nitro-edge openvino {precision}",
+                     "decoder": "full VAE" if decoder == "full" else "tiny decoder",
+                     "export": ("nitro", precision, decoder, ("openvino",), {}),
+                     "run": ("nitro", "openvino", precision, {})})
     # Core ML: converted and checked here; prediction needs macOS, so these rows have no run.
     rows.append({"id": "nitro-coreml-fp16-full", "label": "nitro-edge coreml fp16", "decoder": "full VAE",
                  "export": ("nitro", "fp16", "full", ("coreml",), {}), "run": None})
