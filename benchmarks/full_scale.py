@@ -17,8 +17,7 @@ and OUT/results.png. Rows per model:
 - nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 and sd21
   also with a full-size AutoencoderTiny (TAESD layout); an int8 (weight-only) OpenVINO bundle (sdxl:
   also with the tiny decoder); a Core ML fp16 bundle (converted and checked; no run: prediction
-  needs macOS); for sd15 and sdxl also OpenVINO at the plugin's default precision; for sd15 also
-  --onnx-optimize and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are
+  needs macOS); OpenVINO fp32 also at the plugin's default precision; for sd15 also --onnx-optimize and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are
   exported at the size they are measured at.
 Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
 
@@ -280,7 +279,7 @@ def plan(model: str, optimum: bool) -> list[dict]:
             rows.append({"id": f"nitro-{target}-fp32-{decoder}", "decoder": label, "export": ("nitro", *bundle),
                          "label": f"nitro-edge {target} fp32" + (" (f32 hint)" if target == "openvino" else ""),
                          "run": ("nitro", target, "fp32", {})})
-            if model in ("sd15", "sdxl") and decoder == "full" and target == "openvino":
+            if decoder == "full" and target == "openvino":
                 rows.append({"id": "nitro-openvino-fp32-full-default", "decoder": label, "export": ("nitro", *bundle),
                              "label": "nitro-edge openvino fp32 (plugin default: bf16 here)",
                              "run": ("nitro", "openvino", "fp32", {"inference_precision": None})})
