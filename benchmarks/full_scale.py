@@ -17,8 +17,9 @@ and OUT/results.png. Rows per model:
 - nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 and sd21
   also with a full-size AutoencoderTiny (TAESD layout); an int8 (weight-only) OpenVINO bundle (sdxl:
   also with the tiny decoder); a Core ML fp16 bundle (converted and checked; no run: prediction
-  needs macOS); OpenVINO fp32 also at the plugin's default precision; for sd15 also --onnx-optimize and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are
-  exported at the size they are measured at.
+  needs macOS); OpenVINO fp32 also at the plugin's default precision; for sd15 also --onnx-optimize
+  and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are exported at the size
+  they are measured at.
 Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
 
 Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
