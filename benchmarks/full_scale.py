@@ -304,9 +304,9 @@ def plan(model: str, optimum: bool) -> list[dict]:
     return rows
 
 
-def _bundle_name(precision, decoder, targets, options) -> str:
+def _bundle_name(precision, decoder, targets, options, size) -> str:
     extra = "-optimized" if options.get("onnx", {}).get("optimize") else ""
-    return f"bundle-{'+'.join(targets)}-{precision}-{decoder}{extra}"
+    return f"bundle-{'+'.join(targets)}-{precision}-{decoder}{extra}-{size}"
 
 
 def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, keep: bool, report) -> list[dict]:
@@ -340,7 +340,7 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
                 run["size_gib"] = sum(f.stat().st_size for f in exp_dir.rglob("*") if f.is_file()) / 2**30
             elif export:
                 _, precision, decoder, targets, options = export
-                bundle = made = folder / f"{_bundle_name(precision, decoder, targets, options)}-{size}"
+                bundle = made = folder / _bundle_name(precision, decoder, targets, options, size)
                 key = json.dumps(export)
                 if key not in exports:
                     exports[key] = _attempt(lambda: in_child(
