@@ -17,9 +17,9 @@ and OUT/results.png. Rows per model:
 - nitro-edge fp32 bundles with the full VAE (sdxl: one bundle per target), and for sd15 and sd21
   also with a full-size AutoencoderTiny (TAESD layout); an int8 (weight-only) OpenVINO bundle (sdxl:
   also with the tiny decoder); a Core ML fp16 bundle (converted and checked; no run: prediction
-  needs macOS); OpenVINO fp32 also at the plugin's default precision; for sd15 also --onnx-optimize
-  and int8-hybrid OpenVINO bundles (full VAE and tiny decoder). Bundles are exported at the size
-  they are measured at.
+  needs macOS); OpenVINO fp32 also at the plugin's default precision; for sd15 also fp16 (ONNX,
+  OpenVINO) and int8 ONNX bundles, --onnx-optimize, and int8-hybrid OpenVINO bundles (full VAE and
+  tiny decoder). Bundles are exported at the size they are measured at.
 Also: the machine's fp32 GEMM peak (4096^3) and the SD1.5 UNet's FLOPs per call.
 
 Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
@@ -292,6 +292,12 @@ def plan(model: str, optimum: bool) -> list[dict]:
                      "decoder": "full VAE" if decoder == "full" else "tiny decoder",
                      "export": ("nitro", precision, decoder, ("openvino",), {}),
                      "run": ("nitro", "openvino", precision, {})})
+    if model == "sd15":  # the other precisions of the ONNX and OpenVINO targets (fp16 computes in f32 on CPUs)
+        rows += [{"id": f"nitro-{target}-{precision}-full", "label": f"nitro-edge {target} {precision}",
+                  "decoder": "full VAE", "export": ("nitro", precision, "full", targets, {}),
+                  "run": ("nitro", target, precision, {})}
+                 for precision, targets in (("fp16", ("onnx", "openvino")), ("int8", ("onnx",)))
+                 for target in targets]
     # Core ML: converted and checked here; prediction needs macOS, so these rows have no run.
     rows.append({"id": "nitro-coreml-fp16-full", "label": "nitro-edge coreml fp16", "decoder": "full VAE",
                  "export": ("nitro", "fp16", "full", ("coreml",), {}), "run": None})
