@@ -168,7 +168,10 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = onnx.load(str(source), load_external_data=True)
+        # Types for every tensor, so that the ops kept fp32 get their casts: inferred on the graph
+        # without its weights (onnx's in-memory inference refuses models over 2 GB), then weights loaded.
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False))
+        onnx.load_external_data_for_model(model, str(source.parent))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if fused:  # onnx's shape inference does not know the fused (com.microsoft) ops; ORT's does
@@ -180,7 +183,7 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
                 model = wrapped.model
             else:
                 model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
-                                                 disable_shape_infer=_weight_bytes(model) > PROTOBUF_LIMIT // 2)
+                                                 disable_shape_infer=True)
         return _save(model, final)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -119,6 +119,19 @@ def test_models_over_the_protobuf_limit_use_one_external_data_file(tiny_source, 
     assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
 
 
+def test_fp16_of_a_model_too_large_for_in_memory_shape_inference(tiny_source, tmp_path, monkeypatch):
+    """Over the size where onnx's in-memory shape inference cannot run (a full-size UNet), the fp16
+    converter still knows every tensor's type, so the ops kept fp32 get their casts (a full-size
+    SD1.5 generator once failed to load: LayerNormalization bound to float16 and float)."""
+    import nitro_edge.export.onnx as onnx_target
+
+    monkeypatch.setattr(onnx_target, "PROTOBUF_LIMIT", 4096)  # every tiny model counts as large
+    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], precision="fp16")
+    manifest = Bundle.open(out).manifest
+    assert manifest["components"]["generator"]["artifacts"]["onnx"]["fp16"]["precision"] == "fp16"
+    assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
+
+
 def test_weights_scattered_over_many_files_are_gathered_into_one(tmp_path):
     """What torch.onnx writes for models over 2 GB (one file per tensor) becomes one page-aligned
     data file, tensor by tensor, and runs the same."""
