@@ -168,9 +168,11 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        # Types for every tensor, so that the ops kept fp32 get their casts: inferred on the graph
-        # without its weights (onnx's in-memory inference refuses models over 2 GB), then weights loaded.
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(source), load_external_data=False))
+        model = onnx.load(str(source), load_external_data=False)
+        if not fused:
+            # Types for every tensor, so that the ops kept fp32 get their casts: inferred on the graph
+            # without its weights (onnx's in-memory inference refuses models over 2 GB).
+            model = onnx.shape_inference.infer_shapes(model)
         onnx.load_external_data_for_model(model, str(source.parent))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
