@@ -28,7 +28,7 @@ import json, sys, time, resource
 from pathlib import Path
 import numpy as np, torch, diffusers
 from nitro_edge.export.component import ComponentSource
-from nitro_edge.runtimes.torch import Generator
+from nitro_edge.models.wrappers import Generator
 from nitro_edge.schedule import NoiseSchedule, SamplerParams
 from nitro_edge.specs import ModelDims, component_specs
 import importlib

@@ -1,11 +1,14 @@
 """export_bundle: a source in, a verified bundle out. Everything is written aside and moved
-into place only after every artifact passed its parity gate."""
+into place only after every artifact passed its parity gate.
+
+The steps, in order: check the arguments; record the torch reference (export/reference.py); for
+each component, load it alone and convert it to every target; for each target, run the parity gate
+(export/gate.py); write the manifest with every file's checksum; move the bundle into place."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import gc
 import importlib
 import json
 import logging
@@ -15,30 +18,22 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
-
 import nitro_edge
+from nitro_edge import registry
 from nitro_edge.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, file_entries, is_bundle
-from nitro_edge.errors import BundleError, InputError, ParityError
+from nitro_edge.errors import BundleError, InputError
 from nitro_edge.export.component import ComponentSource
-from nitro_edge.export.parity import compare_component, compare_images
-from nitro_edge.sampler import Sampler, initial_noise
+from nitro_edge.export.gate import Draft, run_gate
+from nitro_edge.export.reference import Reference, reference_run
 from nitro_edge.sources import Source, resolve_source
-from nitro_edge.specs import COMPONENTS, FLOORS, component_specs
+from nitro_edge.specs import COMPONENTS, FLOORS
 
 log = logging.getLogger(__name__)
-TARGETS = ("onnx", "openvino", "coreml")
-PARITY_PROMPTS = ("a red circle at the top left", "a photograph of an astronaut riding a horse")
-CALIBRATION_PROMPTS = (
-    "a red circle at the top left", "a blue square in the centre", "a portrait photo of an old man",
-    "a watercolour landscape with mountains", "a cat sitting on a sofa", "a city street at night, neon lights",
-    "a bowl of fruit on a wooden table", "an astronaut riding a horse",
-)
-PARITY_SEED = 0
+TARGETS = tuple(t.name for t in registry.TARGETS)
 
 
 def target_precisions(target: str) -> tuple[str, ...]:
-    return importlib.import_module(f"nitro_edge.export.{target}").PRECISIONS
+    return registry.target(target).precisions
 
 
 def export_bundle(
@@ -75,10 +70,10 @@ def export_bundle(
     out = Path(out)
     existing = _existing_bundle(out)
     src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae)
-    from nitro_edge.runtimes import torch as torch_rt
+    from nitro_edge.models.loading import load_module
 
     report(f"loading {src.architecture} source {src.path}")
-    dims, tokenizers, specs, examples, recorded, ref_images, calibration = _reference_run(src, height, width, precision)
+    reference = reference_run(src, height, width, precision)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out, report)
@@ -87,34 +82,31 @@ def export_bundle(
     for path in (tmp, scratch):
         shutil.rmtree(path, ignore_errors=True)
     try:
-        manifest = _start_manifest(existing, tmp, src, dims, tokenizers, specs)
+        draft = Draft(tmp, _start_manifest(existing, tmp, src, reference))
         sources = {}
-        # One component at a time, so that only it (and its trace) is in memory: the generator of a
-        # large model must export in about twice its own size, not beside the whole pipeline.
-        for name in COMPONENTS[dims.architecture]:
-            component = ComponentSource(specs[name], functools.partial(torch_rt.load_module, src, name),
-                                        _first(examples[name]), calibration.get(name, []), scratch)
+        # 1. Convert, one component at a time, so that only it (and its trace) is in memory: the
+        # generator of a large model must export in about twice its own size, not beside the pipeline.
+        for name in COMPONENTS[reference.dims.architecture]:
+            component = ComponentSource(reference.specs[name], functools.partial(load_module, src, name),
+                                        reference.example(name), reference.calibration.get(name, []), scratch)
             if "coreml" not in targets:  # the other targets start from the ONNX trace
                 component.onnx_fp32()
                 component.release()
             for target in targets:
-                exporter = importlib.import_module(f"nitro_edge.export.{target}")
-                started = time.perf_counter()
-                report(f"{target} {precision}: exporting {name}")
-                _record(manifest, tmp, name, target, precision, precision,
-                        exporter.export(component, tmp / target / precision, precision, chosen[target]),
-                        extra=chosen[target].facts(name))
-                report(f"{target} {precision}: {name} written in {time.perf_counter() - started:.1f} s")
+                _convert(draft, component, target, precision, precision, chosen[target], report)
             component.release()
             sources[name] = component
+        # 2. The gate, per target; an fp16 component that overflows is converted again at fp32.
         for target in targets:
-            exporter = importlib.import_module(f"nitro_edge.export.{target}")
-            manifest["parity"][f"{target}/{precision}"] = _gate(
-                tmp, manifest, target, precision, recorded, examples, ref_images, sources, exporter,
-                chosen[target], report)
-        manifest["files"] = file_entries(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        Bundle.open(tmp)  # the bundle we are about to publish must read back
+            def refallback(name: str, reason: str, target=target) -> None:
+                _convert(draft, sources[name], target, precision, "fp32", chosen[target], report, reason)
+
+            result = run_gate(draft, target, precision, reference, refallback, chosen[target], report)
+            draft.manifest["parity"][f"{target}/{precision}"] = result.to_manifest()
+        # 3. Publish: checksums, a manifest that reads back, then one rename.
+        draft.manifest["files"] = file_entries(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(draft.manifest, indent=2))
+        Bundle.open(tmp)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,6 +115,19 @@ def export_bundle(
         shutil.rmtree(scratch, ignore_errors=True)
     report(f"bundle written: {out}")
     return out
+
+
+def _convert(draft: Draft, component: ComponentSource, target: str, precision: str, actual: str, options,
+             report, reason: str | None = None) -> None:
+    """Write `component` as a `target` artifact under the `precision` folder, converted at `actual`
+    (fp32 for an fp16 fallback), and record it in the draft's manifest."""
+    exporter = importlib.import_module(registry.target(target).module)
+    started = time.perf_counter()
+    report(f"{target} {precision}: exporting {component.name}" + (" at fp32" if actual != precision else ""))
+    files = exporter.export(component, draft.root / target / precision, actual, options)
+    _record(draft.manifest, draft.root, component.name, target, precision, actual, files, reason,
+            extra=options.facts(component.name))
+    report(f"{target} {precision}: {component.name} written in {time.perf_counter() - started:.1f} s")
 
 
 def _remove_leftovers(out: Path, report) -> None:
@@ -146,30 +151,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _reference_run(src: Source, height, width, precision: str):
-    """Everything the gate compares against, computed once in torch with the whole pipeline loaded;
-    the modules are released before any conversion starts. Returns (dims, tokenizers, specs,
-    component inputs, recorded component outputs, reference images, calibration inputs)."""
-    from nitro_edge.runtimes import torch as torch_rt
-
-    dims, tokenizers, modules = torch_rt.load_modules(src, height, width)
-    specs = component_specs(dims)
-    reference = {n: torch_rt.as_component(modules[n], specs[n]) for n in COMPONENTS[dims.architecture]}
-    ref_sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=reference, backend="torch")
-    examples = _component_inputs(ref_sampler, list(PARITY_PROMPTS))
-    calibration = _calibration_inputs(ref_sampler) if precision == "int8-hybrid" else {}
-    ref_images = ref_sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
-    recorded = {n: _replay(reference[n](**examples[n])) for n in reference}
-    del reference, ref_sampler, modules
-    gc.collect()
-    return dims, tokenizers, specs, examples, recorded, ref_images, calibration
-
-
-def _replay(outputs: dict[str, np.ndarray]):
-    """A component that gives the outputs torch gave on the parity inputs (the only inputs it gets)."""
-    return lambda **arrays: outputs
-
-
 def _target_options(targets: list[str], options: Mapping[str, Mapping[str, object]]) -> dict:
     """Each target's Options, built (and so validated) before any work starts."""
     stray = sorted(set(options) - set(targets))
@@ -177,7 +158,7 @@ def _target_options(targets: list[str], options: Mapping[str, Mapping[str, objec
         raise InputError(f"options given for targets {stray}, which this export does not write (targets: {targets})")
     chosen = {}
     for target in targets:
-        cls = importlib.import_module(f"nitro_edge.export.{target}").Options
+        cls = importlib.import_module(registry.target(target).module).Options
         given = dict(options.get(target, {}))
         known = set(cls.__dataclass_fields__)
         if set(given) - known:
@@ -218,8 +199,9 @@ def _existing_bundle(out: Path) -> Bundle | None:
     raise BundleError(f"output {out} exists and is not a bundle; choose a new folder or remove it")
 
 
-def _start_manifest(existing, tmp: Path, src: Source, dims, tokenizers, specs) -> dict:
+def _start_manifest(existing, tmp: Path, src: Source, reference: Reference) -> dict:
     """A manifest for this export: a copy of the existing bundle's, or a new one."""
+    dims, tokenizers, specs = reference.dims, reference.tokenizers, reference.specs
     if existing is not None:
         same_decoder = existing.manifest.get("provenance", {}).get("source", {}).get("tiny_vae") == src.describe()["tiny_vae"]
         if existing.dims != dims or existing.params != src.params or not same_decoder:
@@ -257,111 +239,6 @@ def _start_manifest(existing, tmp: Path, src: Source, dims, tokenizers, specs) -
         },
         "files": {},
     }
-
-
-def _component_inputs(sampler: Sampler, prompts: list[str], seed: int = PARITY_SEED, step: int = 0,
-                      steps: int = 1) -> dict[str, dict[str, np.ndarray]]:
-    """Real inputs of each component for `prompts` at one step of a torch sampling run."""
-    ids = [tok(prompts) for tok in sampler.tokenizers]
-    inputs = {"text_encoder": {"input_ids": ids[0]}}
-    if len(ids) > 1:
-        inputs["text_encoder_2"] = {"input_ids": ids[1]}
-    cond = sampler.encode(prompts)
-    _, sample = initial_noise(seed, (len(prompts), *sampler.dims.latent_shape))
-    t = sampler.params.generator_timesteps(steps)[step]
-    inputs["generator"] = {"sample": sample, "timestep": np.full((len(prompts),), t, dtype=np.int64), **cond}
-    inputs["vae_decoder"] = {"latents": sampler.components["generator"](**inputs["generator"])["denoised"]}
-    return inputs
-
-
-def _calibration_inputs(sampler: Sampler) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Batch-1 inputs from the calibration prompts, at every timestep of a 2-step run."""
-    out: dict[str, list] = {}
-    for i, prompt in enumerate(CALIBRATION_PROMPTS):
-        for step in (0, 1):
-            for name, arrays in _component_inputs(sampler, [prompt], seed=i, step=step, steps=2).items():
-                out.setdefault(name, []).append(arrays)
-    return out
-
-
-def _first(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Batch 1 of each array: the example to trace (the batch axis is exported as dynamic)."""
-    return {k: v[:1] for k, v in arrays.items()}
-
-
-def _gate(tmp, manifest, target, precision, reference, examples, ref_images, sources, exporter, options,
-          report) -> dict:
-    """Load the new artifacts with their runtime and hold them against torch. A component that
-    fails at fp16 (overflow: NaN, Inf, collapsed SNR) is re-exported at fp32 and recorded so."""
-    runtime = importlib.import_module(f"nitro_edge.runtimes.{target}")
-    bundle = _draft(tmp, manifest)
-    if target == "coreml" and not runtime.available():
-        spec_report = runtime.check_spec(bundle, precision)
-        report(f"coreml {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
-               "(Core ML predicts on macOS only)")
-        return {"numeric": False, "reason": "Core ML prediction needs macOS; the spec was checked", "spec": spec_report}
-    candidate = _on_demand(runtime, bundle, precision)
-    errors = {}
-    for name in list(sources):
-        try:
-            errors[name] = compare_component(name, reference[name], candidate[name], examples[name], precision)
-        except ParityError as exc:
-            if precision != "fp16":
-                raise
-            report(f"{target} fp16: {name} fails parity ({exc}); keeping it in fp32")
-            _record(manifest, tmp, name, target, precision, "fp32",
-                    exporter.export(sources[name], tmp / target / precision, "fp32", options), reason=str(exc),
-                    extra=options.facts(name))
-            bundle = _draft(tmp, manifest)
-            candidate = _on_demand(runtime, bundle, precision)
-            errors[name] = compare_component(name, reference[name], candidate[name], examples[name], "fp32")
-    variants = {}
-    for label, kwargs in options.gate_variants().items():
-        other = _on_demand(runtime, bundle, precision, **kwargs)
-        variants[label] = {name: compare_component(name, reference[name], other[name], examples[name],
-                                                   bundle.artifact(name, target, precision)["precision"])
-                           for name in sources}
-        report(f"{target} {precision}: {label} passed parity")
-    sampler = Sampler(dims=bundle.dims, params=bundle.params, tokenizers=bundle.tokenizers(),
-                      components=candidate, backend=target)
-    images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
-    psnr = compare_images(ref_images, images, precision, f"{target} {precision}")
-    worst = min(e["snr_db"] for e in errors.values())
-    report(f"{target} {precision}: parity passed, end-to-end {psnr:.1f} dB, worst component SNR {worst:.1f} dB")
-    floor = FLOORS[precision]
-    return {
-        "numeric": True,
-        "components": errors,
-        "end_to_end_psnr_db": round(psnr, 2),
-        "floor": {"psnr_db": floor.psnr_db, "component_snr_db": floor.component_snr_db,
-                  "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs},
-        **({"variants": variants} if variants else {}),
-        "prompts": list(PARITY_PROMPTS),
-        "seed": PARITY_SEED,
-        "steps": 1,
-    }
-
-
-def _on_demand(runtime, bundle: Bundle, precision: str, **options) -> dict:
-    """Components that load when called and are released after, so the gate holds one at a time
-    (an SDXL pipeline's sessions together do not fit beside a 1024² run in 24 GiB)."""
-    def component(name: str):
-        def call(**arrays):
-            loaded = runtime.load(bundle, precision, components=[name], **options)
-            try:
-                return loaded[name](**arrays)
-            finally:
-                del loaded
-                gc.collect()
-        return call
-
-    return {name: component(name) for name in bundle.specs}
-
-
-def _draft(tmp: Path, manifest: dict) -> Bundle:
-    bundle = Bundle(tmp, {**manifest, "files": file_entries(tmp)})
-    bundle.validate()
-    return bundle
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -4,10 +4,9 @@ Chunk 1 runs the time embedding, the input convolution, the down blocks and the 
 runs the up blocks, the output layers and the x0 step. Chunk 1 hands chunk 2 the mid-block sample,
 the time embedding and every skip connection, under the names `CHUNK_*` below. Both are plain torch
 modules built from the generator's own submodules (no weight is copied), so any target can convert
-them, and chunk2(chunk1(x)) is the generator's forward pass (tests/test_chunks.py holds them to it).
-
-The forward passes follow diffusers' UNet2DConditionModel.forward for the features SD1.5, SD2.1
-and SDXL use; anything else (class labels, ControlNet residuals, GLIGEN) is refused when splitting.
+them, and chunk2(chunk1(x)) is the generator's forward pass (tests/test_export_options.py holds
+them to it). Chunk 1 is the UNet's encoder half (nitro_edge.models.unet_encoder, shared with the
+discriminator backbone); UNet options it does not reproduce are refused when splitting.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from nitro_edge._lazy import require
-from nitro_edge.errors import InputError
+from nitro_edge.models import unet_encoder
 from nitro_edge.specs import BATCH, ComponentSpec, TensorSpec
 
 torch = require("torch", "torch")
@@ -25,50 +24,17 @@ CHUNK_EMB = "time_emb"
 CHUNK_SKIP = "skip_{}"
 
 
-def _check_splittable(unet) -> None:
-    config = unet.config
-    unsupported = {
-        "class_embed_type": config.class_embed_type,
-        "time_cond_proj_dim": config.time_cond_proj_dim,
-        "encoder_hid_dim": config.encoder_hid_dim,
-        "center_input_sample": config.center_input_sample or None,
-        "addition_embed_type": None if config.addition_embed_type in (None, "text_time") else config.addition_embed_type,
-    }
-    found = {k: v for k, v in unsupported.items() if v is not None}
-    if found:
-        raise InputError(f"the generator cannot be split into chunks: UNet options {found} are not supported")
-
-
 class GeneratorHead(torch.nn.Module):
     """Chunk 1: generator inputs -> mid-block sample, time embedding, skip connections."""
 
     def __init__(self, generator):
         super().__init__()
-        _check_splittable(generator.unet)
+        unet_encoder.check_supported(generator.unet, "the generator cannot be split into chunks")
         self.unet, self.sdxl = generator.unet, generator.sdxl
 
     def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-        unet = self.unet
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
-        if self.sdxl:
-            added = {"text_embeds": text_embeds, "time_ids": time_ids}
-            emb = emb + unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
-                                           added_cond_kwargs=added)
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        hidden = unet.conv_in(sample)
-        skips = (hidden,)
-        for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                hidden, res = block(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                hidden, res = block(hidden_states=hidden, temb=emb)
-            skips += res
-        if unet.mid_block is not None:
-            if getattr(unet.mid_block, "has_cross_attention", False):
-                hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                hidden = unet.mid_block(hidden, emb)
+        added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.sdxl else None
+        hidden, emb, skips = unet_encoder.encode(self.unet, sample, timestep, encoder_hidden_states, added)
         return (hidden, emb, *skips)
 
 
@@ -77,7 +43,7 @@ class GeneratorTail(torch.nn.Module):
 
     def __init__(self, generator):
         super().__init__()
-        _check_splittable(generator.unet)
+        unet_encoder.check_supported(generator.unet, "the generator cannot be split into chunks")
         self.generator = generator
 
     def forward(self, sample, timestep, encoder_hidden_states, hidden, emb, *skips):

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError, ParityError
 
-PRECISIONS = ("fp32", "fp16", "int8", "pal4", "pal6", "pal8")
-DEPLOYMENT_TARGETS = ("macOS13", "iOS16", "macOS14", "iOS17", "macOS15", "iOS18")
-COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
-ATTENTION = ("original", "split_einsum")
+PRECISIONS = registry.target("coreml").precisions
+DEPLOYMENT_TARGETS = registry.target("coreml").options["deployment_target"]
+COMPUTE_UNITS = registry.target("coreml").options["compute_units"]
+ATTENTION = registry.target("coreml").options["attention"]
 PAIRED = {"macOS13": "iOS16", "macOS14": "iOS17", "macOS15": "iOS18"}
 REWRITE_TOLERANCE = 1e-4  # fp32 torch, same weights: only summation order differs
 

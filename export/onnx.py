@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.specs import BATCH, ComponentSpec
 
 OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = registry.target("onnx").precisions
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2 GiB
 ALIGNMENT = 4096
 FP16_KEEP_FP32 = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "Pow", "Exp",

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-hybrid")
+PRECISIONS = registry.target("openvino").precisions
 
 
 @dataclass(frozen=True)

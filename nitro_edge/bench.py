@@ -40,7 +40,9 @@ def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, op
         sampler.generate(PROMPT, steps=steps, seed=i)
         ends.append(time.perf_counter() - start)
     b = Bundle.open(bundle, verify=False)
-    target = {"torch": None}.get(backend, backend)
+    from nitro_edge import registry
+
+    target = registry.backend(backend).target
     size = None
     if target:
         size = sum(b.manifest["files"][f]["bytes"] for c in b.manifest["components"].values()
@@ -59,24 +61,36 @@ def _stats(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def run_all(bundle: str, backends: list[str], runs: int, steps: int, report=print) -> list[dict]:
-    """Every (backend, precision) the bundle holds for `backends`, each in a child process."""
+def run_all(bundle: str, backends: list[str], runs: int, steps: int, report=print) -> tuple[list[dict], list[dict]]:
+    """Every (backend, precision) the bundle holds for `backends`, each in a child process.
+
+    Returns (results, problems): a problem is a backend skipped here (not installed, or it cannot
+    run on this platform) or a run that failed, with the reason; neither is hidden.
+    """
+    from nitro_edge import registry
     from nitro_edge.bundle import Bundle
-    from nitro_edge.runtimes import TARGETS
 
     held = Bundle.open(bundle).targets()
-    results = []
-    for backend in backends:
-        for precision in held.get(TARGETS.get(backend) or "", []):
-            report(f"bench {backend} {precision}")
-            child = subprocess.run([sys.executable, "-m", "nitro_edge.bench", bundle, backend, precision, str(runs),
+    results, problems = [], []
+    for name in backends:
+        backend = registry.backend(name)
+        for precision in held.get(backend.target or "", []):
+            why = (f"not installed (`pip install 'nitro-edge[{backend.extra}]'`)" if not backend.installed() else
+                   None if backend.predicts_here() else f"runs on {backend.platforms} only")
+            if why:
+                report(f"bench {name} {precision}: skipped, {why}")
+                problems.append({"backend": name, "precision": precision, "status": "skipped", "reason": why})
+                continue
+            report(f"bench {name} {precision}")
+            child = subprocess.run([sys.executable, "-m", "nitro_edge.bench", bundle, name, precision, str(runs),
                                     str(steps)], capture_output=True, text=True)
             if child.returncode != 0:
-                lines = child.stderr.strip().splitlines() or ["no output"]
-                report(f"  skipped: {lines[-1]}")
+                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                report(f"bench {name} {precision}: FAILED, {last}")
+                problems.append({"backend": name, "precision": precision, "status": "failed", "reason": last})
                 continue
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
-    return results
+    return results, problems
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -54,5 +54,7 @@ def default_bundle(report=None) -> Path:
             "`pip install 'nitro-edge[torch,onnx]'`, or pass a bundle with -m")
     from nitro_edge.export import export_bundle
 
-    targets = ["onnx"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    from nitro_edge import registry
+
+    targets = [t.name for t in registry.TARGETS if t.name in ("onnx", "openvino") and t.installed()]
     return export_bundle(source, bundle, targets=targets, precision="fp32", report=report or (lambda m: None))

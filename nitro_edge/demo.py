@@ -5,8 +5,6 @@ one grid PNG and print a table (backend, precision, latency, PSNR against torch)
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import platform
 import time
 from pathlib import Path
 
@@ -25,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import nitro_edge
+    from nitro_edge import registry
     from nitro_edge.default_model import NAME, source_folder
-    from nitro_edge.export import export_bundle, target_precisions
+    from nitro_edge.export import export_bundle
     from nitro_edge.export.parity import psnr_db
     from rich.console import Console
     from rich.table import Table
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     source = source_folder()
     console.print(f"model: the embedded default [bold]{NAME}[/bold] ({source})")
-    targets = ["onnx"] + [t for t, mod in (("openvino", "openvino"), ("coreml", "coremltools"))
-                          if importlib.util.find_spec(mod)]
+    targets = [t for t in registry.TARGETS if t.installed()]
     bundle = args.out / "bundle"
     if bundle.exists():
         import shutil
@@ -43,14 +41,16 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(bundle)
     started = time.perf_counter()
     for precision in PRECISIONS:
-        export_bundle(source, bundle, targets=[t for t in targets if precision in target_precisions(t)],
+        export_bundle(source, bundle, targets=[t.name for t in targets if precision in t.precisions],
                       precision=precision, report=lambda m: console.log(m) if "parity" in m or "NOT" in m else None)
-    console.print(f"exported to {', '.join(targets)} at {', '.join(PRECISIONS)} in {time.perf_counter() - started:.0f} s")
+    console.print(f"exported to {', '.join(t.name for t in targets)} at {', '.join(PRECISIONS)} "
+                  f"in {time.perf_counter() - started:.0f} s")
 
     runs = [("torch", "fp32", source)]
-    runnable = {"onnx": importlib.util.find_spec("onnxruntime"), "openvino": importlib.util.find_spec("openvino"),
-                "coreml": platform.system() == "Darwin"}
-    runs += [(t, p, bundle) for t in targets if runnable[t] for p in PRECISIONS if p in target_precisions(t)]
+    readers = [registry.backend_for_target(t.name) for t in targets]
+    runs += [(b.name, p, bundle) for t, b in zip(targets, readers) if b.installed() and b.predicts_here()
+             for p in PRECISIONS if p in t.precisions]
+    converted_only = [t for t, b in zip(targets, readers) if not b.predicts_here()]
     table = Table("backend", "precision", f"latency s ({args.steps} step, {len(PROMPTS)} prompts, median of 3)",
                   "PSNR vs torch (dB)")
     rows, reference = [], None
@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         psnr = psnr_db(reference, images)
         table.add_row(backend, precision, f"{np.median(times):.3f}", "reference" if backend == "torch" else f"{psnr:.1f}")
         rows.append(images)
-    if "coreml" in targets and not runnable["coreml"]:
-        table.add_row("coreml", "fp32/fp16/int8", "converted; predicts on macOS only", "spec checked")
+    for t in converted_only:
+        table.add_row(t.name, "/".join(p for p in PRECISIONS if p in t.precisions),
+                      f"converted; predicts on {registry.backend_for_target(t.name).platforms} only",
+                      "spec checked")
     console.print(table)
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     from PIL import Image

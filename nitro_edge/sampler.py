@@ -65,10 +65,8 @@ class Sampler:
         outs = [self.components[n](input_ids=tok(prompts)) for n, tok in zip(names, self.tokenizers)]
         cond = {"encoder_hidden_states": np.concatenate([o["encoder_hidden_states"] for o in outs], axis=-1)}
         if self.architecture == "sdxl":
-            # SDXL's micro-conditioning: original size, crop top-left, target size.
-            h, w = self.dims.height, self.dims.width
             cond["text_embeds"] = outs[-1]["text_embeds"]
-            cond["time_ids"] = np.tile(np.array([h, w, 0, 0, h, w], dtype=np.float32), (len(prompts), 1))
+            cond["time_ids"] = self.dims.time_ids(len(prompts))
         return cond
 
     def generate(
@@ -127,4 +125,8 @@ class Sampler:
         if not isinstance(latents, np.ndarray) or latents.shape != shape:
             got = getattr(latents, "shape", type(latents).__name__)
             raise InputError(f"latents must be a numpy array of shape {shape}, got {got}")
-        return latents.astype(np.float32, copy=False)
+        if latents.dtype != np.float32:  # a silent cast would hide float64 noise or integer data
+            raise InputError(f"latents must be float32 (the noise stream's dtype), got {latents.dtype}")
+        if not np.all(np.isfinite(latents)):
+            raise InputError("latents contain NaN or Inf")
+        return latents

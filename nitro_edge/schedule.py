@@ -81,12 +81,14 @@ class SamplerParams:
         t = self.lcm_timesteps(steps)
         return (t * self.shift) // self.schedule.num_train_timesteps
 
-    def boundary_scalings(self, t_shifted: int) -> tuple[float, float]:
-        """LCM's (c_skip, c_out) at the shifted timestep; about (0, 1) for the grid used here."""
-        scaled = t_shifted * self.timestep_scaling
-        c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
-        c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
-        return c_skip, c_out
+    def boundary_scalings(self, t_shifted):
+        """LCM's (c_skip, c_out) at the shifted timestep(s), float32 (scalars for an int, arrays for
+        an array); about (0, 1) on the grid used here. The generator folds them into its graph."""
+        scaled = np.asarray(t_shifted, dtype=np.float32) * np.float32(self.timestep_scaling)
+        sigma2 = np.float32(SIGMA_DATA**2)
+        c_skip = sigma2 / (scaled**2 + sigma2)
+        c_out = scaled / np.sqrt(scaled**2 + sigma2)
+        return c_skip.astype(np.float32), c_out.astype(np.float32)
 
     def to_dict(self) -> dict:
         return {

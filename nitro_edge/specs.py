@@ -113,6 +113,11 @@ class ModelDims:
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.latent_channels, self.height // self.vae_scale_factor, self.width // self.vae_scale_factor)
 
+    def time_ids(self, batch: int) -> np.ndarray:
+        """SDXL's micro-conditioning, float32 (batch, 6): original size, crop top-left, target size."""
+        h, w = self.height, self.width
+        return np.tile(np.array([h, w, 0, 0, h, w], dtype=np.float32), (batch, 1))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["text_hidden"] = list(self.text_hidden)

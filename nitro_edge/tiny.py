@@ -60,10 +60,14 @@ def build_tiny_pipeline(arch: str, out: str | Path, seed: int = 0, sample_size: 
     if arch not in ARCHS:
         raise InputError(f"arch must be one of {ARCHS}, got {arch!r}")
     torch = require("torch", "torch")
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's global generator left as it was
+        torch.manual_seed(seed)
+        return _build_tiny_pipeline(arch, Path(out), sample_size)
+
+
+def _build_tiny_pipeline(arch: str, out: Path, sample_size: int) -> Path:
     diffusers = require("diffusers", "torch")
     transformers = require("transformers", "torch")
-    out = Path(out)
-    torch.manual_seed(seed)
     sdxl = arch == "sdxl"
     text_cfg = dict(
         hidden_size=TEXT_HIDDEN,
@@ -139,10 +143,11 @@ def build_tiny_autoencoder_tiny(out: str | Path, seed: int = 0) -> Path:
     """A tiny random-weight AutoencoderTiny (TAESD layout, 8x downscale) saved as a diffusers folder."""
     torch = require("torch", "torch")
     diffusers = require("diffusers", "torch")
-    torch.manual_seed(seed)
-    vae = diffusers.AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = diffusers.AutoencoderTiny(
+            encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+        )
     vae.save_pretrained(str(out))
     return Path(out)

@@ -67,16 +67,32 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
-def tokenizer_from_folder(folder: Path) -> tuple[object, TokenizerInfo]:
+def tokenizer_from_folder(folder: Path, max_positions: int) -> tuple[object, TokenizerInfo]:
     """A `tokenizers.Tokenizer` and its padding facts from a diffusers tokenizer folder.
 
     Uses the folder's tokenizer.json when present; otherwise transformers converts the slow
-    CLIP files (vocab.json, merges.txt) to the fast form once.
+    CLIP files (vocab.json, merges.txt) to the fast form once. `max_positions` is the text
+    encoder's max_position_embeddings: the length used when the tokenizer does not set its own
+    (transformers then reports a huge sentinel), and the longest the encoder can take.
     """
     from nitro_edge._lazy import require
+    from nitro_edge.errors import SourceError
 
     transformers = require("transformers", "torch")
     tok = transformers.CLIPTokenizerFast.from_pretrained(str(folder))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    max_length = int(tok.model_max_length) if tok.model_max_length < 10_000 else 77
+    if pad is None:
+        raise SourceError(f"the tokenizer in {folder} has neither a pad nor an end-of-text token")
+    max_length = int(tok.model_max_length)
+    if max_length >= UNSET_MAX_LENGTH:
+        log.info("the tokenizer in %s sets no model_max_length; using the text encoder's %d positions",
+                 folder, max_positions)
+        max_length = max_positions
+    if not 1 <= max_length <= max_positions:
+        raise SourceError(f"the tokenizer in {folder} pads to {max_length} tokens, but its text encoder "
+                          f"takes 1 to {max_positions}")
     return tok.backend_tokenizer, TokenizerInfo(max_length=max_length, pad_token_id=int(pad))
+
+
+# transformers' model_max_length when a tokenizer config sets none (int(1e30)); anything this large is unset.
+UNSET_MAX_LENGTH = 10**12

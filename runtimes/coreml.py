@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import platform
-
 from typing import Sequence
 
 import numpy as np
 
+from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import BundleError, InputError, MissingExtraError
 from nitro_edge.specs import ComponentSpec, checked, selected
 
-COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
+COMPUTE_UNITS = registry.target("coreml").options["compute_units"]
 
 
 def available() -> bool:
-    return platform.system() == "Darwin"
+    return registry.backend("coreml").predicts_here()
 
 
 def as_component(models: list, spec: ComponentSpec):

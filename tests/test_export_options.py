@@ -21,8 +21,9 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def tiny_modules(tiny_source):
     """{arch: (spec of the generator, generator wrapper, a real batch-1 generator input)}."""
-    from nitro_edge.export.build import _component_inputs, _first
-    from nitro_edge.runtimes import torch as torch_rt
+    from nitro_edge.export.reference import component_inputs
+    from nitro_edge.models.loading import load_modules
+    from nitro_edge.models.wrappers import as_component
     from nitro_edge.sampler import Sampler
     from nitro_edge.sources import resolve_source
     from nitro_edge.specs import COMPONENTS, component_specs
@@ -30,11 +31,11 @@ def tiny_modules(tiny_source):
     out = {}
     for arch in ("sd15", "sdxl"):
         src = resolve_source(tiny_source(arch), shift=500)
-        dims, tokenizers, modules = torch_rt.load_modules(src)
+        dims, tokenizers, modules = load_modules(src)
         specs = component_specs(dims)
-        comps = {n: torch_rt.as_component(modules[n], specs[n]) for n in COMPONENTS[arch]}
+        comps = {n: as_component(modules[n], specs[n]) for n in COMPONENTS[arch]}
         sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=comps, backend="torch")
-        example = _first(_component_inputs(sampler, ["a red circle"])["generator"])
+        example = component_inputs(sampler, ["a red circle"])["generator"]
         out[arch] = (specs["generator"], modules["generator"], example)
     return out
 

@@ -131,11 +131,34 @@ def test_config_from_yaml_and_set(tmp_path):
     ({"refine_starts": [5]}, "refine_starts must start at 0"),
     ({"pool_size": 3}, "too small"),
     ({"mixed_precision": "fp8"}, "mixed_precision"),
-    ({"resolution": 100}, "multiple of 64"),
+    ({"resolution": -64}, "resolution must be 0"),
+    ({"disc_timesteps": ["a"]}, r"disc_timesteps must be list\[int\], got \['a'\]"),
 ])
 def test_impossible_configs_fail_before_loading(change, match):
     with pytest.raises(InputError, match=match):
-        TrainConfig(**change).validate(need_paths=False)
+        TrainConfig(**change)  # checked when built, before anything loads
+
+
+def test_set_values_are_parsed_against_the_field_types():
+    cfg = load_config(None, sets=["disc_timesteps=[10, 500]", "adam_betas=[0, 0.9]", "lr_student=1e-5",
+                                  "tasks=[global_cond]", "gradient_checkpointing=yes"])
+    assert (cfg.disc_timesteps, cfg.adam_betas, cfg.lr_student, cfg.tasks, cfg.gradient_checkpointing) == (
+        [10, 500], [0.0, 0.9], 1e-5, ["global_cond"], True)
+    for bad, match in (("disc_timesteps=[a]", r"list\[int\], got '\[a\]'"), ("disc_timesteps=[1,", "list"),
+                       ("max_steps=1.5", "max_steps must be int"), ("tf32=maybe", "tf32 must be bool")):
+        with pytest.raises(InputError, match=match):
+            load_config(None, sets=[bad])
+
+
+def test_resolution_multiple_comes_from_the_teacher(tiny_source, tmp_path):
+    """The tiny teachers' VAE (8x) and UNet (2 blocks) need multiples of 16, not SD's 64."""
+    from nitro_edge.training.plan import plan
+
+    (tmp_path / "p.txt").write_text("a cat\n")
+    base = {"teacher": str(tiny_source("sd15")), "prompts": str(tmp_path / "p.txt"), "output": str(tmp_path / "o")}
+    assert plan(load_config(None, {**base, "resolution": 96}))["resolution"] == 96
+    with pytest.raises(InputError, match="resolution must be a multiple of 16 for this teacher"):
+        plan(load_config(None, {**base, "resolution": 100}))
 
 
 def test_prompt_formats_and_deterministic_order(tmp_path):

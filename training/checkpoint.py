@@ -45,8 +45,10 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def save(root: Path, step: int, student, ema: EMA, pool, opt_g, opt_d, ages: torch.Tensor, config: dict, keep: int) -> Path:
-    """Write checkpoints/step_N atomically (temp folder, then rename) and point `latest` at it."""
+def save(root: Path, step: int, student, ema: EMA, pool, opt_g, opt_d, ages: torch.Tensor, config: dict, keep: int,
+         extra: dict[str, str] | None = None) -> Path:
+    """Write checkpoints/step_N atomically (temp folder, then rename) and point `latest` at it.
+    `extra` maps file names to text written beside the weights (the diagnostics summary)."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -61,6 +63,8 @@ def save(root: Path, step: int, student, ema: EMA, pool, opt_g, opt_d, ages: tor
     save_file(heads, str(tmp / "heads.safetensors"))
     torch.save({"g": _inner(opt_g).state_dict(), "d": _inner(opt_d).state_dict()}, tmp / "optimizers.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=2))
+    for name, text in (extra or {}).items():
+        (tmp / name).write_text(text)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

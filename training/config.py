@@ -1,5 +1,6 @@
 """Training configuration: one typed dataclass, from YAML plus `key=value` overrides, checked
-before anything loads."""
+when it is built (before anything loads). Needs no torch: `nitro-edge train` can say what is wrong
+with a config, or that torch is missing, in one line."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
-from nitro_edge.training.heads import TASKS
-from nitro_edge.training.losses import LOSSES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TASKS = ("global_cond", "local_cond", "local_uncond")  # the discriminator heads' three jobs
+LOSSES = ("hinge", "non_saturating")
 
 
 @dataclass
@@ -33,23 +35,26 @@ class TrainConfig:
     teacher_guidance: float = 0.0  # > 1 enables classifier-free guidance
     teacher_scheduler: str = ""  # diffusers scheduler class; default: the teacher folder's own
     teacher_cache: str = ""  # folder of precomputed shards (nitro-edge train --precompute), optional
+    # First stage (training/first_stage.py): regression of the one-step x̂0 onto the teacher's x0
+    first_stage_steps: int = 0  # iterations at the start of the run; 0: none
+    lr_first_stage: float = 1e-4
     # Student
     shift: int = 250  # UNet sees t * shift / 1000
-    refine_starts: list = field(default_factory=lambda: [0])  # step at which k-step training begins, k = 1..
+    refine_starts: list[int] = field(default_factory=lambda: [0])  # step at which k-step training begins, k = 1..
     lr_student: float = 1e-5
     ema_decay: float = 0.999
     # Discriminator
-    disc_timesteps: list = field(default_factory=lambda: [10, 250, 500, 750])
+    disc_timesteps: list[int] = field(default_factory=lambda: [10, 250, 500, 750])
     pool_size: int = 480
     head_width: int = 64
     refresh_rate: float = 0.01
     local_fraction: float = 0.5  # side of a local crop, as a fraction of each feature map
-    tasks: list = field(default_factory=lambda: list(TASKS))  # head tasks in the pool (ablations drop some)
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))  # head tasks in the pool (ablations drop some)
     loss: str = "hinge"
     r1_weight: float = 0.0
     r1_sigma: float = 0.01
     lr_heads: float = 1e-4
-    adam_betas: list = field(default_factory=lambda: [0.0, 0.99])
+    adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     # Systems
     mixed_precision: str = "no"
@@ -59,21 +64,38 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int = 100
     log_every: int = 10
-    sample_prompts: list = field(default_factory=lambda: ["a red circle at the top left", "a blue square in the centre"])
+    diagnostics_window: int = 50  # adversarial steps the accuracy/loss means and the alarms look back over
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle at the top left", "a blue square in the centre"])
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_values()
 
     def validate(self, need_paths: bool = True) -> "TrainConfig":
-        """Raise InputError naming the first impossible value or combination."""
-        def bad(msg: str) -> None:
-            raise InputError(msg)
-
+        """Check the values again (fields may have been changed since) and, with `need_paths`,
+        that the teacher, prompts and output are given and the first two exist."""
+        self._check_types()
+        self._check_values()
         if need_paths:
             for key in ("teacher", "prompts", "output"):
                 if not getattr(self, key):
-                    bad(f"{key} is required (--{key} or `{key}:` in the config)")
+                    raise InputError(f"{key} is required (--{key} or `{key}:` in the config)")
             if not Path(self.teacher).is_dir():
-                bad(f"teacher must be a diffusers pipeline folder, got {self.teacher!r} (not a folder)")
+                raise InputError(f"teacher must be a diffusers pipeline folder, got {self.teacher!r} (not a folder)")
             if not Path(self.prompts).exists():
-                bad(f"prompts must be a file or folder of prompts, got {self.prompts!r} (not found)")
+                raise InputError(f"prompts must be a file or folder of prompts, got {self.prompts!r} (not found)")
+        return self
+
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _is_instance(value, _HINTS[f.name]):
+                raise InputError(f"{f.name} must be {_type_name(_HINTS[f.name])}, got {value!r}")
+
+    def _check_values(self) -> None:
+        """Raise InputError naming the first impossible value or combination."""
+        def bad(msg: str) -> None:
+            raise InputError(msg)
         for key in ("max_steps", "batch_size", "gradient_accumulation", "teacher_steps", "pool_size",
                     "head_width", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
@@ -99,46 +121,83 @@ class TrainConfig:
             bad(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             bad(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        for key in ("lr_student", "lr_heads"):
+        if not 0 <= self.first_stage_steps <= self.max_steps:
+            bad(f"first_stage_steps must be between 0 and max_steps ({self.max_steps}), got {self.first_stage_steps}")
+        if self.first_stage_steps and self.student_unet:
+            bad("first_stage_steps must be 0 with student_unet: a given one-step UNet needs no first stage")
+        if self.diagnostics_window < 1:
+            bad(f"diagnostics_window must be at least 1, got {self.diagnostics_window}")
+        for key in ("lr_student", "lr_heads", "lr_first_stage"):
             if not getattr(self, key) > 0:
                 bad(f"{key} must be positive, got {getattr(self, key)}")
         if not 0 <= self.ema_decay < 1:
             bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.teacher_guidance < 0 or self.r1_weight < 0:
             bad("teacher_guidance and r1_weight must be non-negative")
-        if self.resolution and self.resolution % 64:
-            bad(f"resolution must be a multiple of 64 (or 0 for the teacher's), got {self.resolution}")
-        return self
+        # The multiple the resolution must have depends on the teacher (VAE and UNet downscale):
+        # checked when its configs are read (nitro_edge.models.loading).
+        if self.resolution < 0:
+            bad(f"resolution must be 0 (the teacher's) or a positive size, got {self.resolution}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
+_HINTS: dict = {}  # field name -> type, filled once the class exists (below)
+
+
+def _is_instance(value, kind) -> bool:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+    """int, float, str, bool, list[int], ...: as the field is declared."""
+    return kind.__name__ if isinstance(kind, type) else str(kind)
 
 
 def _coerce(key: str, value):
-    kind = _HINTS[key]
+    """`value` (from YAML, a CLI option or a `--set` string) as the field's type, or InputError."""
+    kind, given = _HINTS[key], value
+    yaml = require("yaml", "train")
     try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind is list:
-            if isinstance(value, str):
-                import yaml
+        if isinstance(value, str) and kind not in (str, float):  # float("1e-5") works; YAML 1.1 reads it as text
+            value = yaml.safe_load(value)
+        return _convert(value, kind)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise InputError(f"{key} must be {_type_name(kind)}, got {given!r}") from None
 
-                value = yaml.safe_load(value)
-            if not isinstance(value, list):
-                raise ValueError(value)
-            return value
-        if kind is int and isinstance(value, float) and not value.is_integer():
+
+def _convert(value, kind):
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{key} must be {kind.__name__}, got {value!r}") from None
+        (item,) = typing.get_args(kind)
+        return [_convert(v, item) for v in value]
+    if kind is bool:
+        if isinstance(value, int) and value in (0, 1):  # true/false/yes/no arrive as bool from YAML
+            return bool(value)
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()) or isinstance(value, str):
+            raise ValueError(value)
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(value)
+        return str(value)
+    return kind(value)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None,
@@ -146,8 +205,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
     """A TrainConfig from an optional YAML file, then `overrides` (CLI options), then `--set k=v`."""
     data: dict = {}
     if path:
-        import yaml
-
+        yaml = require("yaml", "train")
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -165,3 +223,6 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
     if unknown:
         raise InputError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
     return TrainConfig(**{k: _coerce(k, v) for k, v in data.items()})
+
+
+_HINTS.update(typing.get_type_hints(TrainConfig))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-TASKS = ("global_cond", "local_cond", "local_uncond")
+from nitro_edge.training.config import TASKS
 
 
 class Head(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("hinge", "non_saturating")
+from nitro_edge.training.config import LOSSES  # noqa: F401  (the kinds these functions take)
 
 
 def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:

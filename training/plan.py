@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from nitro_edge._lazy import require
+from nitro_edge.errors import InputError
 from nitro_edge.sources import resolve_source
 from nitro_edge.training.config import TrainConfig
 
@@ -15,9 +16,11 @@ BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 def plan(cfg: TrainConfig) -> dict:
     """Parameter counts, pool layout and a memory estimate (weights and optimiser state only)."""
     cfg.validate()
+    require("torch", "train")
     accelerate = require("accelerate", "train")
     diffusers = require("diffusers", "torch")
     transformers = require("transformers", "torch")
+    from nitro_edge.models.loading import size_multiple
     from nitro_edge.training.backbone import EncoderBackbone
     from nitro_edge.training.heads import HeadPool
 
@@ -30,6 +33,10 @@ def plan(cfg: TrainConfig) -> dict:
         vae = diffusers.AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text()))
         backbone = EncoderBackbone(unet)
         vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        multiple = size_multiple(unet.config, vae_scale)
+        if cfg.resolution % multiple:
+            raise InputError(f"resolution must be a multiple of {multiple} for this teacher (or 0 for its own), "
+                             f"got {cfg.resolution}")
         latent = (cfg.resolution or unet.config.sample_size * vae_scale) // vae_scale
         sizes = [max(1, latent // s) for s in backbone.strides]
         pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size, cfg.head_width, cfg.local_fraction, tuple(cfg.tasks))
@@ -66,10 +73,9 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     i mod len(prompts) and noise seeded by i, so the cache is the same however it is resumed."""
     import torch
 
-    from nitro_edge.runtimes.torch import load_modules
+    from nitro_edge.models.loading import load_modules
     from nitro_edge.training.data import PromptSampler, read_prompts
     from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler
-    from nitro_edge.errors import InputError
 
     if not cfg.teacher_cache:
         raise InputError("precompute needs teacher_cache (--set teacher_cache=FOLDER)")
@@ -77,7 +83,7 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     res = cfg.resolution or None
     dims, tokenizers, modules = load_modules(source, res, res)
     encoders = [modules[n] for n in ("text_encoder", "text_encoder_2") if n in modules]
-    conditioner = Conditioner(tokenizers, encoders, dims.architecture, dims.height, dims.width)
+    conditioner = Conditioner(tokenizers, encoders, dims)
     teacher = TeacherSampler(modules["generator"].unet, source.path, cfg.teacher_steps, cfg.teacher_guidance,
                              cfg.teacher_scheduler)
     prompts = PromptSampler(read_prompts(cfg.prompts), cfg.seed)

@@ -12,23 +12,22 @@ import torch
 
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
+from nitro_edge.specs import ModelDims
 
 
 class Conditioner:
     """Prompts -> the UNet's conditioning (dict of tensors), through the teacher's text encoders."""
 
-    def __init__(self, tokenizers, encoders: list, architecture: str, height: int, width: int):
-        self.tokenizers, self.encoders = tokenizers, encoders
-        self.sdxl, self.height, self.width = architecture == "sdxl", height, width
+    def __init__(self, tokenizers, encoders: list, dims: ModelDims):
+        self.tokenizers, self.encoders, self.dims = tokenizers, encoders, dims
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], device) -> dict:
         outs = [enc(torch.from_numpy(tok(prompts)).to(device)) for tok, enc in zip(self.tokenizers, self.encoders)]
         cond = {"encoder_hidden_states": torch.cat([o[0] for o in outs], dim=-1)}
-        if self.sdxl:
-            h, w = self.height, self.width
+        if self.dims.architecture == "sdxl":
             cond["text_embeds"] = outs[-1][1]
-            cond["time_ids"] = torch.tensor([[h, w, 0, 0, h, w]] * len(prompts), dtype=torch.float32, device=device)
+            cond["time_ids"] = torch.from_numpy(self.dims.time_ids(len(prompts))).to(device)
         return cond
 
 
@@ -39,7 +38,7 @@ def unet_kwargs(cond: dict) -> dict:
 
 
 class TeacherSampler:
-    """The teacher's own scheduler for `steps` steps, with CFG when guidance > 1."""
+    """The teacher's own scheduler for `steps` steps, with CFG when guidance > 1: x_T -> x0."""
 
     def __init__(self, unet, teacher_dir: Path, steps: int, guidance: float, scheduler_name: str = ""):
         diffusers = require("diffusers", "torch")
@@ -63,10 +62,10 @@ class TeacherSampler:
             if cfg:
                 base = self.unet(inp, t, **unet_kwargs(uncond), return_dict=False)[0]
                 out = base + self.guidance * (out - base)
-            step = sched.step(out, t, x, return_dict=True)
-            x = step.prev_sample
-        final = getattr(step, "denoised", None)
-        return final if final is not None else x
+            x = sched.step(out, t, x, return_dict=True).prev_sample
+        # The sample the scheduler ends at, which is what the teacher's own diffusers pipeline
+        # decodes (LCM-style schedulers return their `denoised` as the last prev_sample).
+        return x
 
 
 class TeacherCache:

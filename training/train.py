@@ -1,9 +1,10 @@
 """NitroFusion dynamic adversarial distillation: the training loop, top to bottom.
 
 One iteration: the teacher turns noise into x0 ("real"); the student turns the same noise into
-x̂0 ("fake") in k steps; one discriminator timestep t* and one head per (task, level) are drawn
-from the pool; the heads learn to tell noised real from noised fake on the frozen teacher
+x̂0 ("fake") in k steps; a discriminator timestep t* per sample and one head per (t*, task, level)
+are drawn from the pool; the heads learn to tell noised real from noised fake on the frozen teacher
 encoder's features; the student learns to fool those same heads; ~1% of the pool is reborn.
+The loop is `train()` below; setup and each phase are the named functions after it.
 """
 
 from __future__ import annotations
@@ -15,24 +16,90 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nitro_edge._lazy import require
-from nitro_edge.runtimes.torch import Generator, load_unet, load_modules
-from nitro_edge.sources import resolve_source
+from nitro_edge.models.loading import load_modules, load_unet
+from nitro_edge.models.wrappers import Generator
+from nitro_edge.sources import Source, resolve_source
+from nitro_edge.specs import ModelDims
 from nitro_edge.training import checkpoint
 from nitro_edge.training.backbone import EncoderBackbone
 from nitro_edge.training.config import TrainConfig
 from nitro_edge.training.data import PromptSampler, read_prompts
+from nitro_edge.training.diagnostics import Diagnostics
+from nitro_edge.training.first_stage import regression_step
 from nitro_edge.training.heads import HeadPool, reset_optimizer_state
 from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
 
 log = logging.getLogger(__name__)
+FIRST_STAGE_BETAS = (0.9, 0.999)  # plain regression: the usual Adam moments (the adversarial stage uses adam_betas)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) training into cfg.output; returns the student pipeline folder."""
+    cfg.validate()
+    with _tf32(cfg.tf32):
+        run = setup(cfg)
+        start = resume(run)
+        bar = _progress(cfg.max_steps, start, run.acc.is_main_process and progress)
+        for step in range(start, cfg.max_steps):
+            tick = time.perf_counter()
+            gen = step_generator(cfg.seed, step, run.rank)  # this rank's noise and crops
+            shared = step_generator(cfg.seed, step, -1)  # the same on every rank: heads, k, refresh
+            if step < cfg.first_stage_steps:
+                # 0. First stage (optional): a one-step starting point, by regressing the student's
+                # one-step x̂0 onto the teacher's x0 from the same noise (the paper starts from one).
+                stats = {}
+                _stage(run, "first")
+                for micro in range(cfg.gradient_accumulation):
+                    with _no_sync(run, micro == cfg.gradient_accumulation - 1):
+                        loss = regression_step(run, data_batch(run, step * cfg.gradient_accumulation + micro, gen),
+                                               gen, stats, cfg.gradient_accumulation)
+                update(run, {}, stats)
+                stats["images_per_s"] = cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+                record(run, step + 1, stats, bar, loss)
+                continue
+            _stage(run, "adversarial")
+            # One discriminator timestep per sample (balanced), one head per (t*, task, level).
+            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size)
+            stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in run.pool.tasks}
+            for micro in range(cfg.gradient_accumulation):
+                sync = micro == cfg.gradient_accumulation - 1
+                # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
+                batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
+                # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k comes
+                # from the shared generator, since DDP needs the same forwards on every rank.
+                k = steps_for(step, cfg.refine_starts, shared)
+                with _no_sync(run, sync), run.acc.autocast():
+                    fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas,
+                                          gen).float()
+                # 3. Discriminator: real and fake noised to each sample's t* with the same noise.
+                view = Judging.draw(run, batch, t_per_sample, gen)
+                discriminator_phase(run, batch, fake, view, picks, stats, gen)
+                # 4. Generator: the same heads, frozen, judge x̂0; gradients flow through the backbone.
+                with _no_sync(run, sync):
+                    g_loss = generator_phase(run, batch, fake, view, picks, stats)
+            # 5. Update both sides (the active heads' gradients averaged over ranks first).
+            update(run, picks, stats)
+            # 6. Refresh: re-initialise ~1% of the pool with fresh optimiser state (same on all ranks).
+            refresh(run, shared)
+            done = step + 1
+            stats["images_per_s"] = cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+            stats["student_steps"] = k
+            alarm = run.diagnostics.end_step(done)
+            if alarm and run.acc.is_main_process:
+                (bar.write if bar is not None else log.warning)(f"warning: {alarm}")
+            record(run, done, stats, bar, g_loss)
+        if bar is not None:
+            bar.close()
+        return finish(run)
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -42,204 +109,298 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return g
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) training into cfg.output; returns the student pipeline folder."""
-    cfg.validate()
+# ---------------------------------------------------------------- setup
+
+@dataclass
+class Run:
+    """Everything the loop reads, built once by setup()."""
+
+    cfg: TrainConfig
+    acc: object  # accelerate.Accelerator
+    out: Path
+    weight_dtype: torch.dtype
+    source: Source
+    dims: ModelDims
+    conditioner: Conditioner
+    teacher: TeacherSampler
+    cache: TeacherCache | None
+    backbone: EncoderBackbone
+    vae_decoder: torch.nn.Module
+    student_unet: torch.nn.Module
+    student: torch.nn.Module  # the Generator wrapper (x0 step), DDP-wrapped when world > 1
+    alphas: torch.Tensor
+    pool: HeadPool
+    ages: torch.Tensor
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: checkpoint.EMA
+    prompts: PromptSampler
+    order: PromptSampler  # what a step's samples are: prompts, or cache entries
+    empty: dict  # the empty prompt's conditioning (unconditional heads, CFG)
+    writer: object | None
+    diagnostics: Diagnostics
+    stage: str = ""  # "first" or "adversarial": what the student's optimiser is set up for
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    @property
+    def rank(self) -> int:
+        return self.acc.process_index
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Load the teacher, build the student, the pool and the optimisers, and prepare them for DDP."""
     accelerate = require("accelerate", "train")
     # cpu=True when there is no GPU, so torchrun/accelerate launch on CPU sets up gloo.
     acc = accelerate.Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    device, rank, world = acc.device, acc.process_index, acc.num_processes
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-    out = Path(cfg.output)
+    device = acc.device
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
 
-    # --- The frozen teacher: text encoders, UNet (also the discriminator backbone), sampler.
+    # The frozen teacher: text encoders, UNet (also the discriminator backbone), sampler.
     source = resolve_source(cfg.teacher, shift=cfg.shift)
     res = cfg.resolution or None
     dims, tokenizers, modules = load_modules(source, res, res)
-    sdxl = dims.architecture == "sdxl"
     teacher_unet = _place(modules["generator"].unet, device, weight_dtype)
     encoders = [_place(modules[n], device, weight_dtype) for n in ("text_encoder", "text_encoder_2") if n in modules]
-    conditioner = Conditioner(tokenizers, encoders, dims.architecture, dims.height, dims.width)
+    conditioner = Conditioner(tokenizers, encoders, dims)
     teacher = TeacherSampler(teacher_unet, source.path, cfg.teacher_steps, cfg.teacher_guidance, cfg.teacher_scheduler)
     cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
-    backbone = EncoderBackbone(teacher_unet)
 
-    # --- The student: the teacher's UNet (or a given one) with the shifted x0 step on top.
+    # The student: the teacher's UNet (or a given one) with the shifted x0 step on top.
     student_unet = (copy.deepcopy(modules["generator"].unet) if not cfg.student_unet else
-                    load_unet(require("diffusers", "torch"), resolve_source(cfg.teacher, unet=cfg.student_unet)))
+                    load_unet(resolve_source(cfg.teacher, unet=cfg.student_unet)))
     _place(student_unet, device, torch.float32).train().requires_grad_(True)
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
-    student = Generator(student_unet, source.params, sdxl).to(device)
-    alphas = torch.from_numpy(source.params.schedule.alphas_cumprod()).to(device)
+    student = Generator(student_unet, source.params, dims.architecture == "sdxl").to(device)
+    backbone = EncoderBackbone(teacher_unet)
 
-    # --- The discriminator pool: heads per (t*, task, level), at each level's map size. Seeded:
-    # every rank must build identical heads, and a rerun must build the same ones.
-    torch.manual_seed(cfg.seed)
-    latent_h = dims.latent_shape[1]
-    sizes = [max(1, latent_h // s) for s in backbone.strides]
-    pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size,
-                    cfg.head_width, cfg.local_fraction, tuple(cfg.tasks)).to(device)
-    ages = torch.zeros(len(pool), dtype=torch.int64)
+    # The discriminator pool: heads per (t*, task, level), at each level's map size. Seeded (on a
+    # forked generator, so the caller's global RNG is left as it was): every rank must build
+    # identical heads, and a rerun must build the same ones.
+    sizes = [max(1, dims.latent_shape[1] // s) for s in backbone.strides]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size,
+                        cfg.head_width, cfg.local_fraction, tuple(cfg.tasks)).to(device)
     betas = tuple(cfg.adam_betas)
     opt_g = torch.optim.AdamW(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(pool.parameters(), lr=cfg.lr_heads, betas=betas, weight_decay=cfg.weight_decay)
     ema = checkpoint.EMA(student_unet, cfg.ema_decay)
-
-    # --- Resume: a run folder with checkpoints continues from the latest one.
-    start = 0
-    last = checkpoint.latest(out / "checkpoints")
-    if last is not None:
-        start = checkpoint.restore(last, student_unet, ema, pool, opt_g, opt_d, ages)
-        log.info("resumed from %s (step %d)", last, start)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     # The student is DDP-wrapped; heads are not: every rank activates the same heads (shared
     # generator), so their gradients are averaged by hand, and idle heads cost no communication.
     student, opt_g, opt_d = acc.prepare(student, opt_g, opt_d)
+
     prompts = PromptSampler(read_prompts(cfg.prompts), cfg.seed)
     # With a cache, the data are its samples: draw a per-epoch permutation of them instead.
     order = PromptSampler([""] * len(cache), cfg.seed) if cache is not None else prompts
-    empty = conditioner([""], device)
-    writer = _writer(out, acc)
-    bar = _progress(cfg.max_steps, start, acc.is_main_process and progress)
+    out = Path(cfg.output)
+    return Run(cfg=cfg, acc=acc, out=out, weight_dtype=weight_dtype, source=source, dims=dims,
+               conditioner=conditioner, teacher=teacher, cache=cache, backbone=backbone,
+               vae_decoder=modules["vae_decoder"], student_unet=student_unet, student=student,
+               alphas=torch.from_numpy(source.params.schedule.alphas_cumprod()).to(device), pool=pool,
+               ages=torch.zeros(len(pool), dtype=torch.int64), opt_g=opt_g, opt_d=opt_d, ema=ema,
+               prompts=prompts, order=order, empty=conditioner([""], device), writer=_writer(out, acc),
+               diagnostics=Diagnostics(tuple(cfg.disc_timesteps), cfg.loss, cfg.diagnostics_window))
 
-    for step in range(start, cfg.max_steps):
-        tick = time.perf_counter()
-        gen = step_generator(cfg.seed, step, rank)      # this rank's noise and crops
-        shared = step_generator(cfg.seed, step, -1)      # the same on every rank: heads, k, refresh
-        # One discriminator timestep per sample (balanced), one head per (t*, task, level).
-        t_per_sample, picks = pool.select_all(shared, cfg.batch_size)
-        active = sorted({i for by_task in picks.values() for ids in by_task.values() for i in ids})
-        stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in pool.tasks}
 
-        for micro in range(cfg.gradient_accumulation):
-            sync = micro == cfg.gradient_accumulation - 1
-            # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
-            sample_ids = order.indices(step * cfg.gradient_accumulation + micro, cfg.batch_size, rank, world)
-            n = len(sample_ids)
-            uncond = {k: v.expand(n, *v.shape[1:]) for k, v in empty.items()}
-            if cache is not None:
-                items = [cache.get(i) for i in sample_ids]
-                noise = torch.stack([it["noise"] for it in items]).to(device)
-                real = torch.stack([it["x0"] for it in items]).to(device)
-                cond = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k not in ("noise", "x0")}
-            else:
-                cond = conditioner([prompts.prompts[i] for i in sample_ids], device)
-                noise = torch.randn((n, *dims.latent_shape), generator=gen).to(device)
-                with acc.autocast():
-                    real = teacher(noise.to(weight_dtype), cond, uncond).float()
+def resume(run: Run) -> int:
+    """Continue from the run folder's latest checkpoint (0 if none); write the config beside it."""
+    start = 0
+    last = checkpoint.latest(run.out / "checkpoints")
+    if last is not None:
+        start = checkpoint.restore(last, run.student_unet, run.ema, run.pool, run.opt_g, run.opt_d, run.ages)
+        log.info("resumed from %s (step %d)", last, start)
+        if start <= run.cfg.first_stage_steps:  # the restored optimiser state is the first stage's
+            run.stage = "first"
+    if run.acc.is_main_process:
+        run.out.mkdir(parents=True, exist_ok=True)
+        (run.out / "config.json").write_text(json.dumps(run.cfg.to_dict(), indent=2))
+    return start
 
-            # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k is
-            # drawn from the shared generator, since DDP needs the same forwards on every rank.
-            k = steps_for(step, cfg.refine_starts, shared)
-            context = acc.no_sync(student) if not sync and world > 1 else contextlib.nullcontext()
-            with context, acc.autocast():
-                fake = student_sample(student, noise, cond, source.params, k, alphas, gen).float()
 
-            # 3. Discriminator: each sample noised to its own t*, real and fake with the same noise;
-            # features without grad (the backbone is frozen and the heads read detached maps).
-            eps = torch.randn(noise.shape, generator=gen).to(device)
-            corner = crop_window(cfg.local_fraction, gen)
-            t_batch = torch.tensor(t_per_sample[:n], dtype=torch.int64, device=device)
-            with torch.no_grad(), acc.autocast():
-                noisy_real = add_noise(real, eps, t_batch, alphas).to(weight_dtype)
-                noisy_fake = add_noise(fake.detach(), eps, t_batch, alphas).to(weight_dtype)
-                conds = _conds(pool, cond, uncond)
-                seen = {side: {c: backbone(x, t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
-                        for side, x in (("real", noisy_real), ("fake", noisy_fake))}
-                if cfg.r1_weight > 0:
-                    perturbed = noisy_real + cfg.r1_sigma * torch.randn(noise.shape, generator=gen).to(device)
-                    seen["perturbed"] = {"cond": backbone(perturbed.to(weight_dtype), t_batch, **unet_kwargs(cond))}
-            with acc.autocast():
-                real_logits = _judge(pool, picks, t_batch, seen["real"], cfg.local_fraction, corner)
-                fake_logits = _judge(pool, picks, t_batch, seen["fake"], cfg.local_fraction, corner)
-                if cfg.r1_weight > 0:
-                    global_only = {t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items()
-                                   if "global_cond" in by_task}
-                    pert_logits = _judge(pool, global_only, t_batch, seen["perturbed"], cfg.local_fraction, corner)
-                d_loss = 0.0
-                for key in real_logits:
-                    pairs = list(zip(real_logits[key], fake_logits[key]))
-                    loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in pairs) / len(pairs)
-                    if cfg.r1_weight > 0 and key in pert_logits:
-                        loss = loss + cfg.r1_weight * sum(approximate_r1(r, q) for r, q in
-                                                          zip(real_logits[key], pert_logits[key])) / len(pairs)
-                    stats[f"loss_d/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
-                    d_loss = d_loss + loss / len(real_logits)
-            acc.backward(d_loss / cfg.gradient_accumulation)
+# ---------------------------------------------------------------- one iteration's phases
 
-            # 4. Generator: the same heads, frozen, judge x̂0; gradients flow through the backbone.
-            pool.requires_grad_(False)
-            with context, acc.autocast():
-                noisy = add_noise(fake, eps, t_batch, alphas).to(weight_dtype)
-                feats = {c: backbone(noisy, t_batch, **unet_kwargs(cd)) for c, cd in _conds(pool, cond, uncond).items()}
-                logits = _judge(pool, picks, t_batch, feats, cfg.local_fraction, corner)
-                g_loss = 0.0
-                for key, maps in logits.items():
-                    loss = sum(generator_loss(m, cfg.loss) for m in maps) / len(maps)
-                    stats[f"loss_g/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
-                    g_loss = g_loss + loss / len(logits)
-                acc.backward(g_loss / cfg.gradient_accumulation)
-            pool.requires_grad_(True)
+@dataclass
+class Batch:
+    cond: dict  # the prompts' conditioning
+    uncond: dict  # the empty prompt's, expanded to the batch
+    noise: torch.Tensor  # x_T, shared by teacher and student
+    real: torch.Tensor  # the teacher's x0 from `noise`
 
-        # 5. Update: average the active heads' gradients over ranks, then step both sides.
-        if world > 1:
-            for i in active:
-                for p in pool.heads[i].parameters():
-                    if p.grad is not None:
-                        p.grad = acc.reduce(p.grad, reduction="mean")
-        stats["grad_norm/student"] = float(acc.clip_grad_norm_(student_unet.parameters(), float("inf")))
+
+def data_batch(run: Run, index: int, gen: torch.Generator) -> Batch:
+    """The samples of micro-batch `index` on this rank: from the teacher cache, or the teacher online."""
+    cfg, device = run.cfg, run.device
+    sample_ids = run.order.indices(index, cfg.batch_size, run.rank, run.world)
+    n = len(sample_ids)
+    uncond = {k: v.expand(n, *v.shape[1:]) for k, v in run.empty.items()}
+    if run.cache is not None:
+        items = [run.cache.get(i) for i in sample_ids]
+        noise = torch.stack([it["noise"] for it in items]).to(device)
+        real = torch.stack([it["x0"] for it in items]).to(device)
+        cond = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k not in ("noise", "x0")}
+        return Batch(cond, uncond, noise, real)
+    cond = run.conditioner([run.prompts.prompts[i] for i in sample_ids], device)
+    noise = torch.randn((n, *run.dims.latent_shape), generator=gen).to(device)
+    with run.acc.autocast():
+        real = run.teacher(noise.to(run.weight_dtype), cond, uncond).float()
+    return Batch(cond, uncond, noise, real)
+
+
+@dataclass
+class Judging:
+    """What the discriminator and generator phases of one micro-batch share: each sample's t*, the
+    noise both sides are noised with, and the local crop's window."""
+
+    t_batch: torch.Tensor
+    eps: torch.Tensor
+    corner: tuple[float, float]
+
+    @classmethod
+    def draw(cls, run: Run, batch: Batch, t_per_sample: list[int], gen: torch.Generator) -> "Judging":
+        eps = torch.randn(batch.noise.shape, generator=gen).to(run.device)
+        corner = crop_window(run.cfg.local_fraction, gen)
+        t_batch = torch.tensor(t_per_sample[:len(batch.noise)], dtype=torch.int64, device=run.device)
+        return cls(t_batch, eps, corner)
+
+
+def discriminator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict, stats: dict,
+                        gen: torch.Generator) -> torch.Tensor:
+    """The heads learn to tell noised real from noised fake; features without grad (the backbone
+    is frozen and the heads read detached maps). Returns the loss it back-propagated."""
+    cfg, pool = run.cfg, run.pool
+    with torch.no_grad(), run.acc.autocast():
+        noisy_real = add_noise(batch.real, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
+        noisy_fake = add_noise(fake.detach(), view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
+        conds = _conds(pool, batch.cond, batch.uncond)
+        seen = {side: {c: run.backbone(x, view.t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
+                for side, x in (("real", noisy_real), ("fake", noisy_fake))}
+        if cfg.r1_weight > 0:
+            perturbed = noisy_real + cfg.r1_sigma * torch.randn(batch.noise.shape, generator=gen).to(run.device)
+            seen["perturbed"] = {"cond": run.backbone(perturbed.to(run.weight_dtype), view.t_batch,
+                                                      **unet_kwargs(batch.cond))}
+    with run.acc.autocast():
+        real_logits = _judge(pool, picks, view, seen["real"], cfg.local_fraction)
+        fake_logits = _judge(pool, picks, view, seen["fake"], cfg.local_fraction)
+        if cfg.r1_weight > 0:
+            global_only = {t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items()
+                           if "global_cond" in by_task}
+            pert_logits = _judge(pool, global_only, view, seen["perturbed"], cfg.local_fraction)
+        d_loss = 0.0
+        for key in real_logits:
+            pairs = list(zip(real_logits[key], fake_logits[key]))
+            loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in pairs) / len(pairs)
+            if cfg.r1_weight > 0 and key in pert_logits:
+                loss = loss + cfg.r1_weight * sum(approximate_r1(r, q) for r, q in
+                                                  zip(real_logits[key], pert_logits[key])) / len(pairs)
+            stats[f"loss_d/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
+            run.diagnostics.observe_discriminator(key[0], real_logits[key], fake_logits[key], float(loss.detach()))
+            d_loss = d_loss + loss / len(real_logits)
+    run.acc.backward(d_loss / cfg.gradient_accumulation)
+    return d_loss
+
+
+def generator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict,
+                    stats: dict) -> torch.Tensor:
+    """The student learns to fool the same heads, frozen; adversarial loss only, as the paper
+    prescribes. Returns the loss it back-propagated."""
+    cfg, pool = run.cfg, run.pool
+    pool.requires_grad_(False)
+    with run.acc.autocast():
+        noisy = add_noise(fake, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
+        feats = {c: run.backbone(noisy, view.t_batch, **unet_kwargs(cd))
+                 for c, cd in _conds(pool, batch.cond, batch.uncond).items()}
+        logits = _judge(pool, picks, view, feats, cfg.local_fraction)
+        g_loss = 0.0
+        for key, maps in logits.items():
+            loss = sum(generator_loss(m, cfg.loss) for m in maps) / len(maps)
+            stats[f"loss_g/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
+            run.diagnostics.observe_generator(key[0], float(loss.detach()))
+            g_loss = g_loss + loss / len(logits)
+        run.acc.backward(g_loss / cfg.gradient_accumulation)
+    pool.requires_grad_(True)
+    return g_loss
+
+
+def update(run: Run, picks: dict, stats: dict) -> None:
+    """Average the active heads' gradients over ranks, step both optimisers, update the EMA
+    (the heads' optimiser steps nothing in the first stage: no head has a gradient)."""
+    active = sorted({i for by_task in picks.values() for ids in by_task.values() for i in ids})
+    if run.world > 1:
+        for i in active:
+            for p in run.pool.heads[i].parameters():
+                if p.grad is not None:
+                    p.grad = run.acc.reduce(p.grad, reduction="mean")
+    stats["grad_norm/student"] = float(run.acc.clip_grad_norm_(run.student_unet.parameters(), float("inf")))
+    if active:
         stats["grad_norm/heads"] = float(torch.nn.utils.clip_grad_norm_(
-            [p for i in active for p in pool.heads[i].parameters()], float("inf")))
-        opt_d.step()
-        opt_g.step()
-        opt_d.zero_grad(set_to_none=True)
-        opt_g.zero_grad(set_to_none=True)
-        ema.update(student_unet)
+            [p for i in active for p in run.pool.heads[i].parameters()], float("inf")))
+    run.opt_d.step()
+    run.opt_g.step()
+    run.opt_d.zero_grad(set_to_none=True)
+    run.opt_g.zero_grad(set_to_none=True)
+    run.ema.update(run.student_unet)
 
-        # 6. Refresh: re-initialise ~1% of the pool with fresh optimiser state (same on all ranks).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**31, (1,), generator=shared)))
-            reborn = pool.refresh(cfg.refresh_rate, shared)
-        for i in reborn:
-            reset_optimizer_state(getattr(opt_d, "optimizer", opt_d), pool.heads[i])
-        ages += 1
-        ages[reborn] = 0
 
-        done = step + 1
-        stats["head_age/mean"], stats["head_age/max"] = float(ages.float().mean()), float(ages.max())
-        stats["images_per_s"] = cfg.batch_size * cfg.gradient_accumulation * world / (time.perf_counter() - tick)
-        stats["student_steps"] = k
-        if writer is not None and (done % cfg.log_every == 0 or done == cfg.max_steps):
-            for key, value in stats.items():
-                writer.add_scalar(key, value, done)
-        if bar is not None:
-            bar.set_postfix(d=f"{float(d_loss.detach()):.3f}", g=f"{float(g_loss.detach()):.3f}", k=k)
-            bar.update(1)
-        if done % cfg.sample_every == 0 or done == cfg.max_steps:
-            _sample_grid(out, done, cfg, student_unet, ema, source.params, conditioner, modules["vae_decoder"],
-                         dims, device, writer, acc)
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            _check_ranks_agree(acc, student_unet, pool)
-            if acc.is_main_process:
-                checkpoint.save(out / "checkpoints", done, student_unet, ema, pool, opt_g, opt_d, ages,
-                                cfg.to_dict(), cfg.keep_checkpoints)
+def refresh(run: Run, shared: torch.Generator) -> None:
+    """Re-initialise ~refresh_rate of the pool, dropping those heads' optimiser state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=shared)))
+        reborn = run.pool.refresh(run.cfg.refresh_rate, shared)
+    for i in reborn:
+        reset_optimizer_state(getattr(run.opt_d, "optimizer", run.opt_d), run.pool.heads[i])
+    run.diagnostics.observe_refresh(run.ages[reborn].tolist())
+    run.ages += 1
+    run.ages[reborn] = 0
+
+
+def record(run: Run, done: int, stats: dict, bar, g_loss: torch.Tensor) -> None:
+    """Scalars, the progress bar, sample grids and checkpoints at their intervals."""
+    cfg = run.cfg
+    stats["head_age/mean"], stats["head_age/max"] = float(run.ages.float().mean()), float(run.ages.max())
+    if run.writer is not None and (done % cfg.log_every == 0 or done == cfg.max_steps):
+        for key, value in {**stats, **run.diagnostics.scalars()}.items():
+            run.writer.add_scalar(key, value, done)
     if bar is not None:
-        bar.close()
-    acc.wait_for_everyone()
-    result = out / "student"
-    if acc.is_main_process:
-        write_student_pipeline(source.path, result, student_unet, ema, cfg.shift)
-    if writer is not None:
-        writer.close()
-    acc.wait_for_everyone()
+        if run.stage == "first":
+            bar.set_postfix(stage="first", mse=f"{float(g_loss.detach()):.4f}")
+        else:
+            rows = run.diagnostics.per_timestep()
+            acc = np.mean([r["acc"] for r in rows.values()]) if rows else float("nan")
+            bar.set_postfix(d=f"{np.mean([v for k, v in stats.items() if k.startswith('loss_d/')]):.3f}",
+                            g=f"{float(g_loss.detach()):.3f}", d_acc=f"{acc:.2f}", k=stats["student_steps"])
+        bar.update(1)
+    if done % cfg.sample_every == 0 or done == cfg.max_steps:
+        _sample_grid(run, done)
+    if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+        _check_ranks_agree(run.acc, run.student_unet, run.pool)
+        if run.acc.is_main_process:
+            summary = json.dumps(run.diagnostics.summary(done), indent=2)
+            checkpoint.save(run.out / "checkpoints", done, run.student_unet, run.ema, run.pool, run.opt_g, run.opt_d,
+                            run.ages, cfg.to_dict(), cfg.keep_checkpoints, extra={"diagnostics.json": summary})
+            run.diagnostics.write(run.out / "diagnostics.json", done)
+
+
+def finish(run: Run) -> Path:
+    """Write the student (EMA weights) as a diffusers pipeline folder; returns it."""
+    run.acc.wait_for_everyone()
+    result = run.out / "student"
+    if run.acc.is_main_process:
+        write_student_pipeline(run.source.path, result, run.student_unet, run.ema, run.cfg.shift)
+    if run.writer is not None:
+        run.writer.close()
+    run.acc.wait_for_everyone()
     return result
 
+
+# ---------------------------------------------------------------- helpers
 
 def _check_ranks_agree(acc, student_unet, pool) -> None:
     """Every rank must hold the same student and heads; a divergence is a bug, so stop loudly."""
@@ -249,6 +410,39 @@ def _check_ranks_agree(acc, student_unet, pool) -> None:
     gathered = acc.gather(sums.to(acc.device)).view(acc.num_processes, 2)
     if not bool((gathered == gathered[0]).all()):
         raise RuntimeError(f"ranks disagree on weights (student, heads) checksums: {gathered.tolist()}")
+
+
+def _stage(run: Run, stage: str) -> None:
+    """Set the student's optimiser up for `stage`. Entering the adversarial stage after a first
+    stage drops the regression's Adam moments: the adversarial gradients are another signal.
+    Re-applied every step, so a run resumed in either stage trains with that stage's settings."""
+    cfg = run.cfg
+    lr, betas = (cfg.lr_first_stage, FIRST_STAGE_BETAS) if stage == "first" else (cfg.lr_student, tuple(cfg.adam_betas))
+    opt = getattr(run.opt_g, "optimizer", run.opt_g)
+    if run.stage == "first" and stage == "adversarial":
+        opt.state.clear()
+    for group in opt.param_groups:
+        group["lr"], group["betas"] = lr, betas
+    run.stage = stage
+
+
+def _no_sync(run: Run, sync: bool):
+    """DDP's no_sync while accumulating (gradients are all-reduced on the last micro-batch only)."""
+    return run.acc.no_sync(run.student) if not sync and run.world > 1 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 matmuls on CUDA for the run, and the caller's setting back afterwards."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def _place(module, device, dtype):
@@ -268,16 +462,16 @@ def _conds(pool, cond, uncond) -> dict:
     return {"cond": cond, **({"uncond": uncond} if "local_uncond" in pool.tasks else {})}
 
 
-def _judge(pool, picks, t_batch, features, fraction, corner) -> dict:
+def _judge(pool, picks, view: Judging, features, fraction) -> dict:
     """{(t*, task): [logit map per level]}: each head reads its level, for the samples at its t*,
     whole for global heads and the shared crop window for local heads."""
     out = {}
     for t, by_task in picks.items():
-        rows = t_batch == t
+        rows = view.t_batch == t
         for task, ids in by_task.items():
             maps = features[_cond(task)]
             local = task != "global_cond"
-            out[(t, task)] = [pool.heads[i](crop(maps[level][rows], fraction, corner) if local else maps[level][rows])
+            out[(t, task)] = [pool.heads[i](crop(maps[level][rows], fraction, view.corner) if local else maps[level][rows])
                               for level, i in enumerate(ids)]
     return out
 
@@ -302,29 +496,32 @@ def _progress(total: int, start: int, enabled: bool):
 
 
 @torch.no_grad()
-def _sample_grid(out, step, cfg, unet, ema, params, conditioner, vae_decoder, dims, device, writer, acc):
+def _sample_grid(run: Run, step: int) -> None:
     """1-step samples of the EMA student from fixed noise, as a PNG row and a TensorBoard image."""
-    if not acc.is_main_process:
+    if not run.acc.is_main_process:
         return
     from PIL import Image
 
+    cfg, device, dims, params = run.cfg, run.device, run.dims, run.source.params
     prompts = list(cfg.sample_prompts)
-    cond = conditioner(prompts, device)
+    cond = run.conditioner(prompts, device)
     noise = fixed_noise(cfg.seed, (len(prompts), *dims.latent_shape)).to(device)
+    unet = run.student_unet
     gen = Generator(unet, params, dims.architecture == "sdxl").to(device)
     extra = {k: cond[k] for k in ("text_embeds", "time_ids") if k in cond}
     t = torch.full((len(prompts),), int(params.generator_timesteps(1)[0]), dtype=torch.int64, device=device)
     was_training = unet.training
     unet.eval()
-    with ema.applied(unet):
+    with run.ema.applied(unet):
         latents = gen(noise, t, cond["encoder_hidden_states"].float(), **{k: v.float() for k, v in extra.items()})[0]
     unet.train(was_training)
-    images = vae_decoder.to(device)(latents)[0].float().cpu()  # (B, 3, H, W) in [0, 1]
+    images = run.vae_decoder.to(device)(latents)[0].float().cpu()  # (B, 3, H, W) in [0, 1]
     row = torch.cat(list(images), dim=2)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out / "samples" / f"step_{step:08d}.png")
-    if writer is not None:
-        writer.add_image("samples/ema_1step", row, step)
+    (run.out / "samples").mkdir(parents=True, exist_ok=True)
+    Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+        run.out / "samples" / f"step_{step:08d}.png")
+    if run.writer is not None:
+        run.writer.add_image("samples/ema_1step", row, step)
 
 
 def write_student_pipeline(teacher: Path, dest: Path, unet, ema, shift: int) -> Path:

@@ -12,34 +12,26 @@ from typing import Optional
 
 import typer
 
+from nitro_edge import registry
 from nitro_edge.errors import InputError, NitroEdgeError
-from nitro_edge.export import coreml as coreml_target
 from nitro_edge.specs import PRECISIONS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step text-to-image on device.")
 
 
-class Target(str, enum.Enum):
-    onnx = "onnx"
-    openvino = "openvino"
-    coreml = "coreml"
-    all = "all"
+def _choices(name: str, values) -> type[enum.Enum]:
+    """A str enum of `values` (typer shows and checks them); every list comes from the registry."""
+    return enum.Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-Precision = enum.Enum("Precision", {p.replace("-", "_"): p for p in PRECISIONS}, type=str)
-
-
-CoremlTarget = enum.Enum("CoremlTarget", {t: t for t in coreml_target.DEPLOYMENT_TARGETS}, type=str)
-ComputeUnits = enum.Enum("ComputeUnits", {u: u for u in coreml_target.COMPUTE_UNITS}, type=str)
-Attention = enum.Enum("Attention", {a: a for a in coreml_target.ATTENTION}, type=str)
-
-
-class Backend(str, enum.Enum):
-    auto = "auto"
-    onnx = "onnx"
-    openvino = "openvino"
-    coreml = "coreml"
-    torch = "torch"
+Target = _choices("Target", [t.name for t in registry.TARGETS] + ["all"])
+Precision = _choices("Precision", PRECISIONS)
+Backend = _choices("Backend", ["auto"] + [b.name for b in registry.BACKENDS])
+BenchBackend = _choices("BenchBackend", ["all"] + [b.name for b in registry.BACKENDS if b.target])
+_coreml = registry.target("coreml").options
+CoremlTarget = _choices("CoremlTarget", _coreml["deployment_target"])
+ComputeUnits = _choices("ComputeUnits", _coreml["compute_units"])
+Attention = _choices("Attention", _coreml["attention"])
 
 
 def _console():
@@ -67,10 +59,10 @@ def export(
     chunks: Optional[int] = typer.Option(None, "--chunks", help="coreml: generator as 1 package or 2 chunks [default: 1]"),
 ) -> None:
     """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
-    from nitro_edge.export import TARGETS, export_bundle, target_precisions
+    from nitro_edge.export import export_bundle
 
     targets = [target.value] if target.value != "all" else [
-        t for t in TARGETS if precision.value in target_precisions(t)]
+        t.name for t in registry.TARGETS if precision.value in t.precisions]
     given = {
         "onnx": {"optimize": onnx_optimize or None, "ort_format": ort_format or None},
         "coreml": {"deployment_target": coreml_target and coreml_target.value,
@@ -184,7 +176,7 @@ def info(
 @app.command()
 def bench(
     bundle: Path = typer.Argument(..., help="bundle folder"),
-    backend: str = typer.Option("all", "--backend", help="a backend, or all"),
+    backend: BenchBackend = typer.Option(BenchBackend("all"), "--backend", help="a backend, or all"),
     runs: int = typer.Option(5, "--runs", help="warm runs per backend and precision"),
     steps: int = typer.Option(1, "--steps"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
@@ -194,17 +186,16 @@ def bench(
     import json
 
     from nitro_edge.bench import plot, run_all
-    from nitro_edge.runtimes import BACKENDS
 
     if runs < 1:
         raise InputError(f"--runs must be at least 1, got {runs}")
-    backends = [b for b in BACKENDS if b != "torch"] if backend == "all" else [backend]
-    if any(b not in BACKENDS for b in backends):
-        raise InputError(f"--backend must be 'all' or one of {sorted(BACKENDS)}, got {backend!r}")
+    backends = [b.name for b in registry.BACKENDS if b.target] if backend.value == "all" else [backend.value]
     console = _console()
-    results = run_all(str(bundle), backends, runs, steps, report=console.log)
+    results, problems = run_all(str(bundle), backends, runs, steps, report=console.log)
+    failed = [p for p in problems if p["status"] == "failed"]
     if not results:
-        raise InputError(f"no backend could run {bundle} here")
+        reasons = "; ".join(f"{p['backend']} {p['precision']}: {p['status']}, {p['reason']}" for p in problems)
+        raise InputError(f"no backend could run {bundle} here" + (f" ({reasons})" if reasons else ""))
     from rich.table import Table
 
     table = Table("backend", "precision", "cold start s", "end-to-end s (median [min-max])", "slowest component",
@@ -222,6 +213,10 @@ def bench(
         json_path.write_text(json.dumps(results, indent=2))
     if plot_path:
         plot(results, plot_path)
+    if failed:  # the others' results are printed and written; the exit status says not all ran
+        typer.echo("error: these runs failed: " + "; ".join(f"{p['backend']} {p['precision']} ({p['reason']})"
+                                                          for p in failed), err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -238,10 +233,13 @@ def train(
     """Distil a one-step student from TEACHER with NitroFusion's dynamic adversarial training."""
     import json
 
+    from nitro_edge._lazy import require
     from nitro_edge.training.config import load_config
 
     overrides = {"teacher": teacher, "prompts": prompts, "output": output, "max_steps": max_steps}
     cfg = load_config(config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}, set_)
+    for module in ("torch", "diffusers", "accelerate"):  # a missing one: one line naming the extra
+        require(module, "train")
     if dry_run:
         from nitro_edge.training.plan import plan
 

@@ -39,9 +39,6 @@ SIZES = {  # name: (dataset, vae steps, teacher steps, cache samples, distil ste
 
 def build_teacher(out: Path, size, log) -> Path:
     """Train VAE and teacher UNet; save a StableDiffusionPipeline folder."""
-    import diffusers
-    import transformers
-
     from nitro_edge.tiny import build_tiny_pipeline
 
     n, vae_steps, unet_steps = size[0], size[1], size[2]
@@ -53,7 +50,17 @@ def build_teacher(out: Path, size, log) -> Path:
     tmp = out / ".teacher.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     build_tiny_pipeline("sd15", tmp, seed=0)  # tokenizer + frozen random CLIP text tower (hidden 32)
-    torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # seeded inits; the caller's global generator left as it was
+        torch.manual_seed(0)
+        _train_teacher(tmp, images, prompts, n, vae_steps, unet_steps, log)
+    tmp.rename(folder)
+    return folder
+
+
+def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_steps: int, log) -> None:
+    import diffusers
+    import transformers
+
     vae = diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, sample_size=64,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -84,19 +91,17 @@ def build_teacher(out: Path, size, log) -> Path:
                                              scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)
     pipe.save_pretrained(str(tmp))
-    tmp.rename(folder)
-    return folder
 
 
 @torch.no_grad()
 def teacher_images(teacher: Path, prompts: list[str], steps: int, seed: int) -> np.ndarray:
     """The teacher's own sampler (DDIM with CFG), decoded: uint8 (N, H, W, 3)."""
-    from nitro_edge.runtimes.torch import load_modules
+    from nitro_edge.models.loading import load_modules
     from nitro_edge.sources import resolve_source
     from nitro_edge.training.teacher import Conditioner, TeacherSampler
 
     dims, toks, mods = load_modules(resolve_source(teacher))
-    conditioner = Conditioner(toks, [mods["text_encoder"]], dims.architecture, dims.height, dims.width)
+    conditioner = Conditioner(toks, [mods["text_encoder"]], dims)
     sampler = TeacherSampler(mods["generator"].unet, teacher, steps, TEACHER_GUIDANCE)
     empty = conditioner([""], "cpu")
     out = []

@@ -85,9 +85,10 @@ class Classifier(nn.Module):
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int, batch: int = 64, seed: int = 0, log=print):
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = Classifier()
+    with torch.random.fork_rng(devices=[]):  # seeded init; the caller's global generator left as it was
+        torch.manual_seed(seed)
+        model = Classifier()
     data, y = to_tensor(images), torch.from_numpy(labels)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for step in range(steps):

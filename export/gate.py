@@ -1,0 +1,127 @@
+"""The parity gate: for each target, every component's artifact against the torch reference, an
+fp32 fallback for an fp16 component that overflows, then the whole pipeline end to end.
+
+A target whose backend cannot predict on this platform (Core ML off macOS) gets its runtime's
+check_spec() instead: names, shapes, dtypes and weight precision, recorded as `numeric: false`.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nitro_edge import registry
+from nitro_edge.bundle import Bundle, file_entries
+from nitro_edge.errors import ParityError
+from nitro_edge.export.parity import compare_component, compare_images
+from nitro_edge.export.reference import PARITY_PROMPTS, PARITY_SEED, Reference
+from nitro_edge.sampler import Sampler
+from nitro_edge.specs import FLOORS
+
+
+@dataclass
+class GateResult:
+    """What the manifest records under parity["<target>/<precision>"]."""
+
+    target: str
+    precision: str
+    numeric: bool
+    components: dict[str, dict] = field(default_factory=dict)  # name -> {max_abs, snr_db}
+    end_to_end_psnr_db: float | None = None
+    variants: dict[str, dict] = field(default_factory=dict)  # other ways to open the artifacts
+    spec: dict | None = None  # the spec check, when no numeric check can run here
+    reason: str | None = None
+
+    def to_manifest(self) -> dict:
+        if not self.numeric:
+            return {"numeric": False, "reason": self.reason, "spec": self.spec}
+        floor = FLOORS[self.precision]
+        return {
+            "numeric": True,
+            "components": self.components,
+            "end_to_end_psnr_db": round(self.end_to_end_psnr_db, 2),
+            "floor": {"psnr_db": floor.psnr_db, "component_snr_db": floor.component_snr_db,
+                      "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs},
+            **({"variants": self.variants} if self.variants else {}),
+            "prompts": list(PARITY_PROMPTS),
+            "seed": PARITY_SEED,
+            "steps": 1,
+        }
+
+
+@dataclass
+class Draft:
+    """The bundle being written: its folder and manifest; `open()` reads it as a runtime would."""
+
+    root: Path
+    manifest: dict
+
+    def open(self) -> Bundle:
+        bundle = Bundle(self.root, {**self.manifest, "files": file_entries(self.root)})
+        bundle.validate()
+        return bundle
+
+
+def run_gate(draft: Draft, target: str, precision: str, reference: Reference, refallback: Callable[[str, str], None],
+             options, report: Callable[[str], None]) -> GateResult:
+    """Hold `target`'s artifacts at `precision` against `reference`. `refallback(name, reason)`
+    re-exports one component at fp32 into the draft (the fp16 overflow fallback)."""
+    backend = registry.backend_for_target(target)
+    runtime = backend.load_module()
+    if not backend.predicts_here():
+        spec = runtime.check_spec(draft.open(), precision)
+        report(f"{target} {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
+               f"({backend.name} predicts on {backend.platforms} only)")
+        return GateResult(target, precision, numeric=False, spec=spec,
+                          reason=f"{backend.name} prediction needs {backend.platforms}; the spec was checked")
+    result = GateResult(target, precision, numeric=True)
+    bundle = draft.open()
+    for name in reference.specs:
+        try:
+            result.components[name] = _check(runtime, bundle, name, precision, reference, precision)
+        except ParityError as exc:
+            if precision != "fp16":
+                raise
+            # fp16 overflow (NaN, Inf, collapsed SNR): this component stays fp32, recorded so.
+            report(f"{target} fp16: {name} fails parity ({exc}); keeping it in fp32")
+            refallback(name, str(exc))
+            bundle = draft.open()
+            result.components[name] = _check(runtime, bundle, name, precision, reference, "fp32")
+    for label, kwargs in options.gate_variants().items():
+        result.variants[label] = {
+            name: _check(runtime, bundle, name, precision, reference,
+                         bundle.artifact(name, target, precision)["precision"], **kwargs)
+            for name in reference.specs}
+        report(f"{target} {precision}: {label} passed parity")
+    sampler = Sampler(dims=bundle.dims, params=bundle.params, tokenizers=bundle.tokenizers(),
+                      components=_on_demand(runtime, bundle, precision), backend=target)
+    images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
+    result.end_to_end_psnr_db = compare_images(reference.images, images, precision, f"{target} {precision}")
+    worst = min(c["snr_db"] for c in result.components.values())
+    report(f"{target} {precision}: parity passed, end-to-end {result.end_to_end_psnr_db:.1f} dB, "
+           f"worst component SNR {worst:.1f} dB")
+    return result
+
+
+def _check(runtime, bundle: Bundle, name: str, precision: str, reference: Reference, floor: str, **options) -> dict:
+    """One component's artifact against torch's recorded outputs, at `floor`'s precision floor."""
+    candidate = _on_demand(runtime, bundle, precision, **options)[name]
+    return compare_component(name, reference.replay(name), candidate, reference.inputs[name], floor)
+
+
+def _on_demand(runtime, bundle: Bundle, precision: str, **options) -> dict:
+    """Components that load when called and are released after, so the gate holds one at a time
+    (an SDXL pipeline's sessions together do not fit beside a 1024² run in 24 GiB)."""
+    def component(name: str):
+        def call(**arrays):
+            loaded = runtime.load(bundle, precision, components=[name], **options)
+            try:
+                return loaded[name](**arrays)
+            finally:
+                del loaded
+                gc.collect()
+        return call
+
+    return {name: component(name) for name in bundle.specs}
