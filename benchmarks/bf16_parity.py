@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 
-PROMPTS = ("a photograph of an astronaut riding a horse", "a red circle at the top left",
-           "a watercolour landscape with mountains")
+PROMPTS = (
+    "a photograph of an astronaut riding a horse",
+    "a red circle at the top left",
+    "a watercolour landscape with mountains",
+)
 
 
 def compare(bundle: str, precision: str = "fp32", prompts=PROMPTS, seeds: int = 3) -> dict:
     """The same prompts and seeds at f32 and at the device's default precision; PSNR per seed."""
+    from nitro_edge.export.parity import psnr_db
+
     import nitro_edge
     from nitro_edge.bundle import Bundle
-    from nitro_edge.export.parity import psnr_db
 
     images = {}
     for label, hint in (("f32", "f32"), ("device default", None)):
@@ -28,9 +32,15 @@ def compare(bundle: str, precision: str = "fp32", prompts=PROMPTS, seeds: int = 
         del sampler
     values = [psnr_db(a, b) for a, b in zip(images["f32"], images["device default"])]
     gate = Bundle.open(bundle, verify=False).manifest["parity"].get(f"openvino/{precision}", {})
-    return {"bundle": bundle, "precision": precision, "prompts": len(prompts), "seeds": seeds,
-            "psnr_db_bf16_vs_f32": [round(v, 2) for v in values], "min_psnr_db": round(min(values), 2),
-            "gate_psnr_db_f32_vs_torch": gate.get("end_to_end_psnr_db")}
+    return {
+        "bundle": bundle,
+        "precision": precision,
+        "prompts": len(prompts),
+        "seeds": seeds,
+        "psnr_db_bf16_vs_f32": [round(v, 2) for v in values],
+        "min_psnr_db": round(min(values), 2),
+        "gate_psnr_db_f32_vs_torch": gate.get("end_to_end_psnr_db"),
+    }
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from nitro_edge.export import TARGETS, export_bundle, target_precisions
+
 from nitro_edge.tiny import build_tiny_pipeline
 
 
@@ -23,26 +24,42 @@ def main(argv=None) -> None:
     rows = []
     for arch in ("sd15", "sdxl"):
         source = build_tiny_pipeline(arch, root / f"tiny-{arch}")
-        precisions = sorted({p for t in TARGETS for p in target_precisions(t)}, key=list(
-            ("fp32", "fp16", "int8", "int8-hybrid", "pal8", "pal6", "pal4")).index)
+        precisions = sorted(
+            {p for t in TARGETS for p in target_precisions(t)},
+            key=list(("fp32", "fp16", "int8", "int8-hybrid", "pal8", "pal6", "pal4")).index,
+        )
         for precision in precisions:
             targets = [t for t in TARGETS if precision in target_precisions(t)]
-            bundle = export_bundle(source, root / f"{arch}-{precision}", targets=targets, precision=precision,
-                                   shift=500, report=lambda m: None)
+            bundle = export_bundle(
+                source,
+                root / f"{arch}-{precision}",
+                targets=targets,
+                precision=precision,
+                shift=500,
+                report=lambda m: None,
+            )
             manifest = json.loads((bundle / "manifest.json").read_text())
             for target in targets:
                 parity = manifest["parity"][f"{target}/{precision}"]
-                size = sum(manifest["files"][f]["bytes"] for c in manifest["components"].values()
-                           for f in c["artifacts"][target][precision]["files"])
-                kept = [n for n, c in manifest["components"].items()
-                        if c["artifacts"][target][precision].get("precision") != precision]
+                size = sum(
+                    manifest["files"][f]["bytes"]
+                    for c in manifest["components"].values()
+                    for f in c["artifacts"][target][precision]["files"]
+                )
+                kept = [
+                    n
+                    for n, c in manifest["components"].items()
+                    if c["artifacts"][target][precision].get("precision") != precision
+                ]
                 if parity["numeric"]:
                     psnr = f"{parity['end_to_end_psnr_db']:.1f}"
                     snr = f"{min(c['snr_db'] for c in parity['components'].values()):.1f}"
                 else:
                     psnr = snr = "spec only (macOS)"
                 rows.append((arch, target, precision, psnr, snr, f"{size / 1e6:.2f}", ", ".join(kept) or "-"))
-    print("| model | target | precision | end-to-end PSNR vs torch (dB) | worst component SNR (dB) | size (MB) | kept fp32 |")
+    print(
+        "| model | target | precision | end-to-end PSNR vs torch (dB) | worst component SNR (dB) | size (MB) | kept fp32 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -17,10 +17,15 @@ import tempfile
 import time
 
 SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8,
+    cross_attention_dim=768,
+    attention_head_dim=8,
 )
 
 CHILD = """
@@ -66,19 +71,32 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        child = subprocess.run([sys.executable, "-c", CHILD, args.target, args.precision, tmp, json.dumps(SD15_UNET)],
-                               capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, args.target, args.precision, tmp, json.dumps(SD15_UNET)],
+            capture_output=True,
+            text=True,
+        )
         if child.returncode != 0:
             sys.exit(child.stderr[-2000:])
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     result = json.loads(child.stdout.strip().splitlines()[-1])
     fp32 = result["params"] * 4
-    print(json.dumps({"target": args.target, "precision": args.precision, "generator_params": result["params"],
-                      "generator_fp32_gib": round(fp32 / 2**30, 2), "peak_rss_gib": round(peak / 2**30, 2),
-                      "peak_over_fp32_size": round(peak / fp32, 2),
-                      "rss_after_building_model_gib": round(result["rss_after_load"] / 2**30, 2),
-                      "export_seconds": round(result["seconds"], 1), "artifact_gib": round(result["bytes_on_disk"] / 2**30, 2),
-                      "wall_seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "target": args.target,
+                "precision": args.precision,
+                "generator_params": result["params"],
+                "generator_fp32_gib": round(fp32 / 2**30, 2),
+                "peak_rss_gib": round(peak / 2**30, 2),
+                "peak_over_fp32_size": round(peak / fp32, 2),
+                "rss_after_building_model_gib": round(result["rss_after_load"] / 2**30, 2),
+                "export_seconds": round(result["seconds"], 1),
+                "artifact_gib": round(result["bytes_on_disk"] / 2**30, 2),
+                "wall_seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Needs `pip install -c constraints.txt -e '.[all,optimum]'`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import time
@@ -60,7 +61,9 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
         try:
             if export is not None:
                 if export.key() not in exports:
-                    exports[export.key()] = _attempt(lambda: _export(export, made, source, taesd, model, size))
+                    exports[export.key()] = _attempt(
+                        functools.partial(_export, export, made, source, taesd, model, size)
+                    )
                 exp = exports[export.key()]
                 if "failed" in exp:
                     raise ChildFailed(exp["failed"])
@@ -68,14 +71,29 @@ def measure_model(model: str, size: int, out: Path, runs: int, optimum: bool, ke
         except ChildFailed as exc:  # recorded, and the run goes on
             run = {"failed": str(exc)}
             exp = {} if "failed" in exp else exp
-        result = {"id": row.id, "label": row.label, "decoder": row.decoder, "model": model, "size": size,
-                  "runs": runs, **run, "export_s": exp.get("export_s"), "export_peak_rss_gib": exp.get("peak_rss_gib"),
-                  "parity_psnr_db": exp.get("parity_psnr_db")}
+        result = {
+            "id": row.id,
+            "label": row.label,
+            "decoder": row.decoder,
+            "model": model,
+            "size": size,
+            "runs": runs,
+            **run,
+            "export_s": exp.get("export_s"),
+            "export_peak_rss_gib": exp.get("peak_rss_gib"),
+            "parity_psnr_db": exp.get("parity_psnr_db"),
+        }
         cached.write_text(json.dumps(result, indent=2))
-        if made is not None and made.exists() and not keep and all(r.export != export for r in rows[i + 1:]):
+        if made is not None and made.exists() and not keep and all(r.export != export for r in rows[i + 1 :]):
             shutil.rmtree(made)  # measured; full-size bundles would not all fit on the disk
-        report(f"{model} {row.id}: " + (result.get("failed") or result.get("not_run") or
-               f"{result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB"))
+        report(
+            f"{model} {row.id}: "
+            + (
+                result.get("failed")
+                or result.get("not_run")
+                or f"{result['end_to_end_s']['median']:.2f} s, peak RSS {result['peak_rss_gib']:.2f} GiB"
+            )
+        )
         results.append(result)
     return results
 
@@ -88,8 +106,16 @@ def _export(export: Export, folder: Path, source: Path, taesd: Path, model: str,
         return in_child("child_optimum_export", export.runtime, model, str(source), str(folder))
     if (folder / "manifest.json").is_file():
         return {}
-    return in_child("child_export", str(source), str(folder), list(export.targets), export.precision,
-                    str(taesd) if export.decoder == "tiny" else None, export.options, size)
+    return in_child(
+        "child_export",
+        str(source),
+        str(folder),
+        list(export.targets),
+        export.precision,
+        str(taesd) if export.decoder == "tiny" else None,
+        export.options,
+        size,
+    )
 
 
 def _run(row: Row, folder: Path | None, source: Path, model: str, runs: int, size: int) -> dict:
@@ -125,10 +151,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/full-scale"))
     parser.add_argument("--models", nargs="+", default=["sd15", "sd21", "sdxl"], choices=list(SIZES))
-    parser.add_argument("--optimum", nargs="*", default=["sd15"], choices=list(SIZES),
-                        help="models to compare with optimum's pipelines (default sd15)")
-    parser.add_argument("--sdxl-size", type=int, nargs="+", default=[1024], choices=[512, 1024],
-                        help="SDXL resolution(s); 1024 is native, 512 is kept in OUT/sdxl/rows-512")
+    parser.add_argument(
+        "--optimum",
+        nargs="*",
+        default=["sd15"],
+        choices=list(SIZES),
+        help="models to compare with optimum's pipelines (default sd15)",
+    )
+    parser.add_argument(
+        "--sdxl-size",
+        type=int,
+        nargs="+",
+        default=[1024],
+        choices=[512, 1024],
+        help="SDXL resolution(s); 1024 is native, 512 is kept in OUT/sdxl/rows-512",
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep-bundles", action="store_true", help="keep every bundle (needs about 100 GB)")
     args = parser.parse_args(argv)
@@ -141,24 +178,40 @@ def main(argv=None) -> None:
     for model in args.models:
         for size in args.sdxl_size if model == "sdxl" else [SIZES[model]]:
             key = model if size == SIZES[model] else f"{model}@{size}"
-            all_rows[key] = measure_model(model, size, args.out, args.runs, model in args.optimum, args.keep_bundles,
-                                          report)
+            all_rows[key] = measure_model(
+                model, size, args.out, args.runs, model in args.optimum, args.keep_bundles, report
+            )
     peak = gemm_peak()
-    lines = [f"Machine: {cpu_model()}, {cores()} cores; {time.strftime('%Y-%m-%d')}; `python benchmarks/full_scale.py "
-             f"--models {' '.join(args.models)} --sdxl-size {' '.join(map(str, args.sdxl_size))} --runs {args.runs}`", ""]
-    for model, rows in all_rows.items():
+    lines = [
+        f"Machine: {cpu_model()}, {cores()} cores; {time.strftime('%Y-%m-%d')}; `python benchmarks/full_scale.py "
+        f"--models {' '.join(args.models)} --sdxl-size {' '.join(map(str, args.sdxl_size))} --runs {args.runs}`",
+        "",
+    ]
+    for rows in all_rows.values():
         lines += table(rows) + [""]
     flops = unet_flops(args.out / "sd15" / "source") if "sd15" in all_rows else None
     if flops:
-        best = min((r for r in all_rows["sd15"] if r["id"].startswith("nitro") and r.get("components_s", {}).get("generator")
-                    and "fp32" in r["id"] and "default" not in r["id"]), key=lambda r: r["components_s"]["generator"]["median"])
+        best = min(
+            (
+                r
+                for r in all_rows["sd15"]
+                if r["id"].startswith("nitro")
+                and r.get("components_s", {}).get("generator")
+                and "fp32" in r["id"]
+                and "default" not in r["id"]
+            ),
+            key=lambda r: r["components_s"]["generator"]["median"],
+        )
         achieved = flops / best["components_s"]["generator"]["median"]
-        lines.append(f"fp32 GEMM peak (4096³, torch): {peak / 1e9:.0f} GFLOP/s. SD1.5 UNet, one call at 64×64 latents: "
-                     f"{flops / 1e9:.0f} GFLOP (torch's FLOP counter); fastest fp32 generator ({best['label']}): "
-                     f"{achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the GEMM peak.")
+        lines.append(
+            f"fp32 GEMM peak (4096³, torch): {peak / 1e9:.0f} GFLOP/s. SD1.5 UNet, one call at 64×64 latents: "
+            f"{flops / 1e9:.0f} GFLOP (torch's FLOP counter); fastest fp32 generator ({best['label']}): "
+            f"{achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the GEMM peak."
+        )
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps({"rows": all_rows, "gemm_peak_flops": peak, "unet_flops": flops},
-                                                      indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"rows": all_rows, "gemm_peak_flops": peak, "unet_flops": flops}, indent=2)
+    )
     chart(all_rows, args.out / "results.png")
     print("\n".join(lines))
 

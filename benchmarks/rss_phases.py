@@ -25,8 +25,11 @@ def _memory() -> dict[str, float]:
 
 def _report(phase: str) -> None:
     m = _memory()
-    print(f"{phase:26s} peak {m['VmHWM']:.2f} GiB, now {m['VmRSS']:.2f} (anonymous {m['RssAnon']:.2f}, "
-          f"file-backed {m['RssFile']:.2f})", flush=True)
+    print(
+        f"{phase:26s} peak {m['VmHWM']:.2f} GiB, now {m['VmRSS']:.2f} (anonymous {m['RssAnon']:.2f}, "
+        f"file-backed {m['RssFile']:.2f})",
+        flush=True,
+    )
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak
 
@@ -43,10 +46,12 @@ def main(argv=None) -> None:
     sampler = nitro_edge.load(args.bundle, args.backend, precision=args.precision)
     _report("load and compile")
     for name, fn in list(sampler.components.items()):
+
         def call(_fn=fn, _name=name, **arrays):
             out = _fn(**arrays)
             _report(f"  {_name}")
             return out
+
         sampler.components[name] = call
     for seed in range(2):
         sampler.generate(PROMPT, seed=seed)

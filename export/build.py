@@ -15,16 +15,17 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+
+from nitro_edge.export.component import ComponentSource
+from nitro_edge.export.gate import Draft, run_gate
+from nitro_edge.export.reference import Reference, reference_run
 
 import nitro_edge
 from nitro_edge import registry
 from nitro_edge.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, file_entries, is_bundle
 from nitro_edge.errors import BundleError, InputError
-from nitro_edge.export.component import ComponentSource
-from nitro_edge.export.gate import Draft, run_gate
-from nitro_edge.export.reference import Reference, reference_run
 from nitro_edge.sources import Source, resolve_source
 from nitro_edge.specs import COMPONENTS, FLOORS
 
@@ -64,8 +65,10 @@ def export_bundle(
         raise InputError(f"precision must be one of {tuple(FLOORS)}, got {precision!r}")
     unsupported = [t for t in targets if precision not in target_precisions(t)]
     if unsupported:
-        raise InputError(f"precision {precision} is not available for {unsupported}: "
-                         + "; ".join(f"{t}: {', '.join(target_precisions(t))}" for t in unsupported))
+        raise InputError(
+            f"precision {precision} is not available for {unsupported}: "
+            + "; ".join(f"{t}: {', '.join(target_precisions(t))}" for t in unsupported)
+        )
     chosen = _target_options(targets, options or {})
     out = Path(out)
     existing = _existing_bundle(out)
@@ -87,8 +90,13 @@ def export_bundle(
         # 1. Convert, one component at a time, so that only it (and its trace) is in memory: the
         # generator of a large model must export in about twice its own size, not beside the pipeline.
         for name in COMPONENTS[reference.dims.architecture]:
-            component = ComponentSource(reference.specs[name], functools.partial(load_module, src, name),
-                                        reference.example(name), reference.calibration.get(name, []), scratch)
+            component = ComponentSource(
+                reference.specs[name],
+                functools.partial(load_module, src, name),
+                reference.example(name),
+                reference.calibration.get(name, []),
+                scratch,
+            )
             if "coreml" not in targets:  # the other targets start from the ONNX trace
                 component.onnx_fp32()
                 component.release()
@@ -98,6 +106,7 @@ def export_bundle(
             sources[name] = component
         # 2. The gate, per target; an fp16 component that overflows is converted again at fp32.
         for target in targets:
+
             def refallback(name: str, reason: str, target=target) -> None:
                 _convert(draft, sources[name], target, precision, "fp32", chosen[target], report, reason)
 
@@ -117,16 +126,33 @@ def export_bundle(
     return out
 
 
-def _convert(draft: Draft, component: ComponentSource, target: str, precision: str, actual: str, options,
-             report, reason: str | None = None) -> None:
+def _convert(
+    draft: Draft,
+    component: ComponentSource,
+    target: str,
+    precision: str,
+    actual: str,
+    options,
+    report,
+    reason: str | None = None,
+) -> None:
     """Write `component` as a `target` artifact under the `precision` folder, converted at `actual`
     (fp32 for an fp16 fallback), and record it in the draft's manifest."""
     exporter = importlib.import_module(registry.target(target).module)
     started = time.perf_counter()
     report(f"{target} {precision}: exporting {component.name}" + (" at fp32" if actual != precision else ""))
     files = exporter.export(component, draft.root / target / precision, actual, options)
-    _record(draft.manifest, draft.root, component.name, target, precision, actual, files, reason,
-            extra=options.facts(component.name))
+    _record(
+        draft.manifest,
+        draft.root,
+        component.name,
+        target,
+        precision,
+        actual,
+        files,
+        reason,
+        extra=options.facts(component.name),
+    )
     report(f"{target} {precision}: {component.name} written in {time.perf_counter() - started:.1f} s")
 
 
@@ -170,8 +196,12 @@ def _target_options(targets: list[str], options: Mapping[str, Mapping[str, objec
 def _record(manifest, tmp: Path, name, target, precision, actual, files, reason=None, extra=None) -> None:
     roots = list(dict.fromkeys(_package_root(f, tmp).relative_to(tmp).as_posix() for f in files))
     roots = [r for r in roots if r.endswith(".mlpackage")] or roots[:1]
-    entry = {"path": roots[0], "files": [f.relative_to(tmp).as_posix() for f in files], "precision": actual,
-             **(extra or {})}
+    entry = {
+        "path": roots[0],
+        "files": [f.relative_to(tmp).as_posix() for f in files],
+        "precision": actual,
+        **(extra or {}),
+    }
     if len(roots) > 1:
         entry["chunks"] = roots  # packages run in this order, each feeding the next
     if reason:
@@ -203,7 +233,9 @@ def _start_manifest(existing, tmp: Path, src: Source, reference: Reference) -> d
     """A manifest for this export: a copy of the existing bundle's, or a new one."""
     dims, tokenizers, specs = reference.dims, reference.tokenizers, reference.specs
     if existing is not None:
-        same_decoder = existing.manifest.get("provenance", {}).get("source", {}).get("tiny_vae") == src.describe()["tiny_vae"]
+        same_decoder = (
+            existing.manifest.get("provenance", {}).get("source", {}).get("tiny_vae") == src.describe()["tiny_vae"]
+        )
         if existing.dims != dims or existing.params != src.params or not same_decoder:
             raise BundleError(
                 f"{existing.root} was exported with other settings (size, sampler or decoder); export into a new folder"

@@ -52,8 +52,12 @@ class GeneratorTail(torch.nn.Module):
             n = len(block.resnets)
             res, skips = skips[-n:], skips[:-n]
             if getattr(block, "has_cross_attention", False):
-                hidden = block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res,
-                               encoder_hidden_states=encoder_hidden_states)
+                hidden = block(
+                    hidden_states=hidden,
+                    temb=emb,
+                    res_hidden_states_tuple=res,
+                    encoder_hidden_states=encoder_hidden_states,
+                )
             else:
                 hidden = block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res)
         if unet.conv_norm_out is not None:

@@ -5,9 +5,9 @@ calibrate on, and the fp32 ONNX trace shared by targets that start from ONNX (tr
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -42,17 +42,19 @@ class Options:
     chunks: int = 1
 
     def __post_init__(self) -> None:
-        for field, value, allowed in (("deployment_target", self.deployment_target, DEPLOYMENT_TARGETS),
-                                      ("compute_units", self.compute_units, COMPUTE_UNITS),
-                                      ("attention", self.attention, ATTENTION), ("chunks", self.chunks, (1, 2))):
+        for field, value, allowed in (
+            ("deployment_target", self.deployment_target, DEPLOYMENT_TARGETS),
+            ("compute_units", self.compute_units, COMPUTE_UNITS),
+            ("attention", self.attention, ATTENTION),
+            ("chunks", self.chunks, (1, 2)),
+        ):
             if value not in allowed:
                 raise InputError(f"coreml {field} must be one of {allowed}, got {value!r}")
 
     def facts(self, component: str) -> dict:
         """What the manifest records on each artifact."""
         pair = PAIRED.get(self.deployment_target) or next(k for k, v in PAIRED.items() if v == self.deployment_target)
-        facts = {"compute_units": self.compute_units,
-                 "minimum_deployment_target": f"{self.deployment_target} / {pair}"}
+        facts = {"compute_units": self.compute_units, "minimum_deployment_target": f"{self.deployment_target} / {pair}"}
         if component == "generator":
             facts["attention"] = self.attention
         return facts
@@ -83,7 +85,8 @@ def export(component, folder: Path, precision: str, options: Options = Options()
                 from nitro_edge.export.chunks import split_generator
 
                 head, head_spec, head_example, tail, tail_spec, tail_example = split_generator(
-                    component.module, component.spec, component.example)
+                    component.module, component.spec, component.example
+                )
                 parts = [(head, head_spec, head_example), (tail, tail_spec, tail_example)]
             if rewritten:  # what converts must still be the generator, before Core ML sees it
                 _check_rewrite(reference, _run(torch, parts, component.example)["denoised"], options)
@@ -111,9 +114,11 @@ def _run(torch, parts, example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _check_rewrite(reference: np.ndarray, got: np.ndarray, options: Options) -> None:
     error = float(np.abs(got - reference).max())
     if error > REWRITE_TOLERANCE * max(1.0, float(np.abs(reference).max())):
-        raise ParityError(f"the generator rewritten for Core ML (attention {options.attention}, "
-                          f"{options.chunks} chunk(s)) differs from it in torch by {error:.2e} (max abs), "
-                          f"over {REWRITE_TOLERANCE:.0e}")
+        raise ParityError(
+            f"the generator rewritten for Core ML (attention {options.attention}, "
+            f"{options.chunks} chunk(s)) differs from it in torch by {error:.2e} (max abs), "
+            f"over {REWRITE_TOLERANCE:.0e}"
+        )
 
 
 def _convert(ct, torch, module, spec, example, precision: str, options: Options):
@@ -121,26 +126,39 @@ def _convert(ct, torch, module, spec, example, precision: str, options: Options)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module.eval(), args, check_trace=False)
-        inputs = [ct.TensorType(name=t.name, shape=example[t.name].shape,
-                                dtype=np.int32 if t.dtype == "int64" else np.float32) for t in spec.inputs]
+        inputs = [
+            ct.TensorType(
+                name=t.name, shape=example[t.name].shape, dtype=np.int32 if t.dtype == "int64" else np.float32
+            )
+            for t in spec.inputs
+        ]
         outputs = [ct.TensorType(name=t.name, dtype=np.float32) for t in spec.outputs]
         model = ct.convert(
-            traced, inputs=inputs, outputs=outputs, convert_to="mlprogram",
+            traced,
+            inputs=inputs,
+            outputs=outputs,
+            convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
             minimum_deployment_target=getattr(ct.target, options.deployment_target),
-            compute_units=getattr(ct.ComputeUnit, options.compute_units), skip_model_load=True,
+            compute_units=getattr(ct.ComputeUnit, options.compute_units),
+            skip_model_load=True,
         )
         opt = ct.optimize.coreml
         # Constants that are not weights (CLIP's causal mask holds -inf) must stay as they are.
-        skip = {name: None for name, meta in opt.get_weights_metadata(model, weight_threshold=16).items()
-                if not np.isfinite(meta.val).all()}
+        skip = {
+            name: None
+            for name, meta in opt.get_weights_metadata(model, weight_threshold=16).items()
+            if not np.isfinite(meta.val).all()
+        }
         if precision == "int8":
             config = opt.OptimizationConfig(
-                global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"), op_name_configs=skip)
+                global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"), op_name_configs=skip
+            )
             model = opt.linear_quantize_weights(model, config)
         elif precision.startswith("pal"):
             config = opt.OptimizationConfig(
-                global_config=opt.OpPalettizerConfig(mode="kmeans", nbits=int(precision[3:])), op_name_configs=skip)
+                global_config=opt.OpPalettizerConfig(mode="kmeans", nbits=int(precision[3:])), op_name_configs=skip
+            )
             model = opt.palettize_weights(model, config)
     return model
 
@@ -167,14 +185,25 @@ class SplitEinsumAttention:
     Apple's Neural Engine guidance splits attention per head for the same reason. Unlike Apple's
     rewrite, tensors keep diffusers' (batch, sequence, channels) layout."""
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         torch = require("torch", "torch")
-        plain = (attention_mask is None and hidden_states.ndim == 3 and attn.spatial_norm is None
-                 and attn.group_norm is None and not attn.residual_connection and not attn.norm_cross
-                 and attn.norm_q is None and attn.norm_k is None)
+        plain = (
+            attention_mask is None
+            and hidden_states.ndim == 3
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and not attn.residual_connection
+            and not attn.norm_cross
+            and attn.norm_q is None
+            and attn.norm_k is None
+        )
         if not plain:
-            raise InputError("split_einsum attention supports the UNet's transformer attention only "
-                             "(no mask, no group/spatial/q/k norm, 3-D input)")
+            raise InputError(
+                "split_einsum attention supports the UNet's transformer attention only "
+                "(no mask, no group/spatial/q/k norm, 3-D input)"
+            )
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         q, k, v = attn.to_q(hidden_states) * attn.scale, attn.to_k(context), attn.to_v(context)
         width = q.shape[-1] // attn.heads

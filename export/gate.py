@@ -8,15 +8,16 @@ check_spec() instead: names, shapes, dtypes and weight precision, recorded as `n
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+
+from nitro_edge.export.parity import compare_component, compare_images
+from nitro_edge.export.reference import PARITY_PROMPTS, PARITY_SEED, Reference
 
 from nitro_edge import registry
 from nitro_edge.bundle import Bundle, file_entries
 from nitro_edge.errors import ParityError
-from nitro_edge.export.parity import compare_component, compare_images
-from nitro_edge.export.reference import PARITY_PROMPTS, PARITY_SEED, Reference
 from nitro_edge.sampler import Sampler
 from nitro_edge.specs import FLOORS
 
@@ -42,8 +43,11 @@ class GateResult:
             "numeric": True,
             "components": self.components,
             "end_to_end_psnr_db": round(self.end_to_end_psnr_db, 2),
-            "floor": {"psnr_db": floor.psnr_db, "component_snr_db": floor.component_snr_db,
-                      "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs},
+            "floor": {
+                "psnr_db": floor.psnr_db,
+                "component_snr_db": floor.component_snr_db,
+                "component_max_abs": None if floor.component_max_abs == float("inf") else floor.component_max_abs,
+            },
             **({"variants": self.variants} if self.variants else {}),
             "prompts": list(PARITY_PROMPTS),
             "seed": PARITY_SEED,
@@ -64,18 +68,32 @@ class Draft:
         return bundle
 
 
-def run_gate(draft: Draft, target: str, precision: str, reference: Reference, refallback: Callable[[str, str], None],
-             options, report: Callable[[str], None]) -> GateResult:
+def run_gate(
+    draft: Draft,
+    target: str,
+    precision: str,
+    reference: Reference,
+    refallback: Callable[[str, str], None],
+    options,
+    report: Callable[[str], None],
+) -> GateResult:
     """Hold `target`'s artifacts at `precision` against `reference`. `refallback(name, reason)`
     re-exports one component at fp32 into the draft (the fp16 overflow fallback)."""
     backend = registry.backend_for_target(target)
     runtime = backend.load_module()
     if not backend.predicts_here():
         spec = runtime.check_spec(draft.open(), precision)
-        report(f"{target} {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
-               f"({backend.name} predicts on {backend.platforms} only)")
-        return GateResult(target, precision, numeric=False, spec=spec,
-                          reason=f"{backend.name} prediction needs {backend.platforms}; the spec was checked")
+        report(
+            f"{target} {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
+            f"({backend.name} predicts on {backend.platforms} only)"
+        )
+        return GateResult(
+            target,
+            precision,
+            numeric=False,
+            spec=spec,
+            reason=f"{backend.name} prediction needs {backend.platforms}; the spec was checked",
+        )
     result = GateResult(target, precision, numeric=True)
     bundle = draft.open()
     for name in reference.specs:
@@ -91,17 +109,32 @@ def run_gate(draft: Draft, target: str, precision: str, reference: Reference, re
             result.components[name] = _check(runtime, bundle, name, precision, reference, "fp32")
     for label, kwargs in options.gate_variants().items():
         result.variants[label] = {
-            name: _check(runtime, bundle, name, precision, reference,
-                         bundle.artifact(name, target, precision)["precision"], **kwargs)
-            for name in reference.specs}
+            name: _check(
+                runtime,
+                bundle,
+                name,
+                precision,
+                reference,
+                bundle.artifact(name, target, precision)["precision"],
+                **kwargs,
+            )
+            for name in reference.specs
+        }
         report(f"{target} {precision}: {label} passed parity")
-    sampler = Sampler(dims=bundle.dims, params=bundle.params, tokenizers=bundle.tokenizers(),
-                      components=_on_demand(runtime, bundle, precision), backend=target)
+    sampler = Sampler(
+        dims=bundle.dims,
+        params=bundle.params,
+        tokenizers=bundle.tokenizers(),
+        components=_on_demand(runtime, bundle, precision),
+        backend=target,
+    )
     images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
     result.end_to_end_psnr_db = compare_images(reference.images, images, precision, f"{target} {precision}")
     worst = min(c["snr_db"] for c in result.components.values())
-    report(f"{target} {precision}: parity passed, end-to-end {result.end_to_end_psnr_db:.1f} dB, "
-           f"worst component SNR {worst:.1f} dB")
+    report(
+        f"{target} {precision}: parity passed, end-to-end {result.end_to_end_psnr_db:.1f} dB, "
+        f"worst component SNR {worst:.1f} dB"
+    )
     return result
 
 
@@ -114,6 +147,7 @@ def _check(runtime, bundle: Bundle, name: str, precision: str, reference: Refere
 def _on_demand(runtime, bundle: Bundle, precision: str, **options) -> dict:
     """Components that load when called and are released after, so the gate holds one at a time
     (an SDXL pipeline's sessions together do not fit beside a 1024² run in 24 GiB)."""
+
     def component(name: str):
         def call(**arrays):
             loaded = runtime.load(bundle, precision, components=[name], **options)
@@ -122,6 +156,7 @@ def _on_demand(runtime, bundle: Bundle, precision: str, **options) -> dict:
             finally:
                 del loaded
                 gc.collect()
+
         return call
 
     return {name: component(name) for name in bundle.specs}

@@ -37,8 +37,21 @@ OPSET = 17
 PRECISIONS = registry.target("onnx").precisions
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2 GiB
 ALIGNMENT = 4096
-FP16_KEEP_FP32 = ["LayerNormalization", "GroupNormalization", "InstanceNormalization", "Softmax", "Pow", "Exp",
-                  "ReduceMean", "Sqrt", "Erf", "Range", "CumSum", "RandomNormalLike", "Resize"]
+FP16_KEEP_FP32 = [
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "Softmax",
+    "Pow",
+    "Exp",
+    "ReduceMean",
+    "Sqrt",
+    "Erf",
+    "Range",
+    "CumSum",
+    "RandomNormalLike",
+    "Resize",
+]
 INT8_OPS = ["MatMul", "Gemm", "Gather"]  # Gather: the token embedding, most of a text encoder's bytes
 FUSION_MODEL_TYPES = {"text_encoder": "clip", "text_encoder_2": "clip", "generator": "unet", "vae_decoder": "vae"}
 FUSED_KEEP_FP32 = ["MultiHeadAttention", "Attention", "SkipLayerNormalization", "Gelu"]  # CPU kernels are fp32
@@ -140,8 +153,14 @@ def _save(model, final: Path) -> list[Path]:
     if _weight_bytes(model) < PROTOBUF_LIMIT - 256 * 1024**2:
         onnx.save_model(model, str(final))
         return [final]
-    onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(final),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     return [final, data]
 
 
@@ -181,20 +200,29 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
                 from onnxruntime.transformers.onnx_model import OnnxModel
 
                 wrapped = OnnxModel(model)
-                wrapped.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True,
-                                                 op_block_list=FP16_KEEP_FP32 + FUSED_KEEP_FP32)
+                wrapped.convert_float_to_float16(
+                    use_symbolic_shape_infer=True, keep_io_types=True, op_block_list=FP16_KEEP_FP32 + FUSED_KEEP_FP32
+                )
                 model = wrapped.model
             else:
-                model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
-                                                 disable_shape_infer=True)
+                model = convert_float_to_float16(
+                    model, keep_io_types=True, op_block_list=FP16_KEEP_FP32, disable_shape_infer=True
+                )
         return _save(model, final)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = source.stat().st_size + _data_size(source) > PROTOBUF_LIMIT
     # Fused (com.microsoft) ops have no types in onnx's shape inference; their tensors are float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
-    quantize_dynamic(str(source), str(final), op_types_to_quantize=INT8_OPS, weight_type=QuantType.QInt8,
-                     per_channel=False, use_external_data_format=large, extra_options=extra)
+    quantize_dynamic(
+        str(source),
+        str(final),
+        op_types_to_quantize=INT8_OPS,
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        use_external_data_format=large,
+        extra_options=extra,
+    )
     return [final] + sorted(p for p in final.parent.glob(f"{final.name}*") if p != final)
 
 
@@ -215,14 +243,22 @@ def _fused(source: Path, name: str, folder: Path) -> Path:
     from onnxruntime.transformers.optimizer import optimize_model
 
     fusion = FusionOptions(FUSION_MODEL_TYPES[name])
-    for cuda_only in ("enable_packed_qkv", "enable_packed_kv", "enable_nhwc_conv", "enable_bias_splitgelu",
-                      "enable_group_norm", "enable_skip_group_norm", "enable_bias_add"):
+    for cuda_only in (
+        "enable_packed_qkv",
+        "enable_packed_kv",
+        "enable_nhwc_conv",
+        "enable_bias_splitgelu",
+        "enable_group_norm",
+        "enable_skip_group_norm",
+        "enable_bias_add",
+    ):
         setattr(fusion, cuda_only, False)
     folder.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = optimize_model(str(source), model_type=FUSION_MODEL_TYPES[name], optimization_options=fusion,
-                               opt_level=0, use_gpu=False)
+        model = optimize_model(
+            str(source), model_type=FUSION_MODEL_TYPES[name], optimization_options=fusion, opt_level=0, use_gpu=False
+        )
     model.topological_sort()
     if not any(o.domain == "com.microsoft" for o in model.model.opset_import):  # the fused ops' domain
         model.model.opset_import.append(require("onnx", "onnx").helper.make_opsetid("com.microsoft", 1))
@@ -233,8 +269,10 @@ def _fused(source: Path, name: str, folder: Path) -> Path:
 def _ort_format(model_path: Path) -> Path:
     """<name>.ort beside `model_path`: the graph in ONNX Runtime's own format, basic optimisations."""
     if model_path.stat().st_size + _data_size(model_path) > PROTOBUF_LIMIT:
-        raise InputError(f"{model_path.name} is over 2 GB; the ORT format (flatbuffers) cannot hold it. "
-                         "Drop --ort-format for this model (ONNX Runtime Mobile is for models under 2 GB)")
+        raise InputError(
+            f"{model_path.name} is over 2 GB; the ORT format (flatbuffers) cannot hold it. "
+            "Drop --ort-format for this model (ONNX Runtime Mobile is for models under 2 GB)"
+        )
     ort = require("onnxruntime", "onnx")
     out = model_path.with_suffix(".ort")
     options = ort.SessionOptions()

@@ -47,8 +47,12 @@ def export(component, folder: Path, precision: str, options: Options = Options()
     if precision in ("int8", "int8-hybrid"):
         nncf = require("nncf", "openvino")
         if precision == "int8-hybrid" and component.name == "generator" and component.calibration:
-            model = nncf.quantize(model, nncf.Dataset(component.calibration), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(component.calibration))
+            model = nncf.quantize(
+                model,
+                nncf.Dataset(component.calibration),
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(component.calibration),
+            )
         else:
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     xml = folder / f"{component.name}.xml"

@@ -16,9 +16,14 @@ from nitro_edge.specs import COMPONENTS, Component, ComponentSpec, ModelDims, co
 PARITY_PROMPTS = ("a red circle at the top left", "a photograph of an astronaut riding a horse")
 PARITY_SEED = 0
 CALIBRATION_PROMPTS = (
-    "a red circle at the top left", "a blue square in the centre", "a portrait photo of an old man",
-    "a watercolour landscape with mountains", "a cat sitting on a sofa", "a city street at night, neon lights",
-    "a bowl of fruit on a wooden table", "an astronaut riding a horse",
+    "a red circle at the top left",
+    "a blue square in the centre",
+    "a portrait photo of an old man",
+    "a watercolour landscape with mountains",
+    "a cat sitting on a sofa",
+    "a city street at night, neon lights",
+    "a bowl of fruit on a wooden table",
+    "an astronaut riding a horse",
 )
 
 
@@ -60,8 +65,9 @@ def reference_run(src: Source, height: int | None, width: int | None, precision:
     return Reference(dims, tokenizers, specs, inputs, outputs, images, calibration)
 
 
-def component_inputs(sampler: Sampler, prompts: list[str], seed: int = PARITY_SEED, step: int = 0,
-                     steps: int = 1) -> dict[str, dict[str, np.ndarray]]:
+def component_inputs(
+    sampler: Sampler, prompts: list[str], seed: int = PARITY_SEED, step: int = 0, steps: int = 1
+) -> dict[str, dict[str, np.ndarray]]:
     """Real inputs of each component for `prompts` at one step of a sampling run."""
     ids = [tok(prompts) for tok in sampler.tokenizers]
     inputs = {"text_encoder": {"input_ids": ids[0]}}

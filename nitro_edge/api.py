@@ -23,7 +23,9 @@ def choose_backend(bundle: Bundle, precision: str) -> str:
         if precision in targets.get(b.target, []) and b.installed() and b.predicts_here():
             return name
     hints = " or ".join(f"`pip install 'nitro-edge[{registry.backend(n).extra}]'`" for n in auto_order())
-    raise InputError(f"no installed backend can run this bundle at {precision}: it holds {targets}; install one with {hints}")
+    raise InputError(
+        f"no installed backend can run this bundle at {precision}: it holds {targets}; install one with {hints}"
+    )
 
 
 def load(

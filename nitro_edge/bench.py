@@ -25,11 +25,13 @@ def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, op
     cold = time.perf_counter() - t0
     timings: dict[str, list[float]] = {n: [] for n in sampler.components}
     for name, fn in list(sampler.components.items()):
+
         def timed(_fn=fn, _name=name, **arrays):
             start = time.perf_counter()
             out = _fn(**arrays)
             timings[_name].append(time.perf_counter() - start)
             return out
+
         sampler.components[name] = timed
     sampler.generate(PROMPT, steps=steps, seed=0)  # warm-up
     for v in timings.values():
@@ -45,10 +47,17 @@ def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, op
     target = registry.backend(backend).target
     size = None
     if target:
-        size = sum(b.manifest["files"][f]["bytes"] for c in b.manifest["components"].values()
-                   for f in c["artifacts"][target][precision]["files"])
+        size = sum(
+            b.manifest["files"][f]["bytes"]
+            for c in b.manifest["components"].values()
+            for f in c["artifacts"][target][precision]["files"]
+        )
     return {
-        "backend": backend, "precision": precision, "options": options or {}, "steps": steps, "runs": runs,
+        "backend": backend,
+        "precision": precision,
+        "options": options or {},
+        "steps": steps,
+        "runs": runs,
         "cold_start_s": round(cold, 3),
         "end_to_end_s": _stats(ends),
         "components_s": {n: _stats(v) for n, v in timings.items()},
@@ -75,15 +84,23 @@ def run_all(bundle: str, backends: list[str], runs: int, steps: int, report=prin
     for name in backends:
         backend = registry.backend(name)
         for precision in held.get(backend.target or "", []):
-            why = (f"not installed (`pip install 'nitro-edge[{backend.extra}]'`)" if not backend.installed() else
-                   None if backend.predicts_here() else f"runs on {backend.platforms} only")
+            why = (
+                f"not installed (`pip install 'nitro-edge[{backend.extra}]'`)"
+                if not backend.installed()
+                else None
+                if backend.predicts_here()
+                else f"runs on {backend.platforms} only"
+            )
             if why:
                 report(f"bench {name} {precision}: skipped, {why}")
                 problems.append({"backend": name, "precision": precision, "status": "skipped", "reason": why})
                 continue
             report(f"bench {name} {precision}")
-            child = subprocess.run([sys.executable, "-m", "nitro_edge.bench", bundle, name, precision, str(runs),
-                                    str(steps)], capture_output=True, text=True)
+            child = subprocess.run(
+                [sys.executable, "-m", "nitro_edge.bench", bundle, name, precision, str(runs), str(steps)],
+                capture_output=True,
+                text=True,
+            )
             if child.returncode != 0:
                 last = (child.stderr.strip().splitlines() or ["no output"])[-1]
                 report(f"bench {name} {precision}: FAILED, {last}")
@@ -102,8 +119,10 @@ def plot(results: list[dict], path: Path) -> None:
 
     labels = [f"{r['backend']}\n{r['precision']}" for r in results]
     med = [r["end_to_end_s"]["median"] for r in results]
-    err = [[m - r["end_to_end_s"]["min"] for m, r in zip(med, results)],
-           [r["end_to_end_s"]["max"] - m for m, r in zip(med, results)]]
+    err = [
+        [m - r["end_to_end_s"]["min"] for m, r in zip(med, results)],
+        [r["end_to_end_s"]["max"] - m for m, r in zip(med, results)],
+    ]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results)), 3.5))
     ax.bar(labels, med, yerr=err, capsize=4, color="#4c72b0")
     ax.set_ylabel("end-to-end latency (s)")

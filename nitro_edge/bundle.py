@@ -56,7 +56,7 @@ class Bundle:
     manifest: dict
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Bundle":
+    def open(cls, path: str | Path, verify: bool = True) -> Bundle:
         """Read and validate the manifest; with `verify`, check every file's size and sha256."""
         root = Path(path)
         manifest_path = root / MANIFEST
@@ -105,15 +105,25 @@ class Bundle:
             raise BundleError("manifest 'files' must map paths to {sha256, bytes}")
         for rel, entry in m["files"].items():
             safe_relpath(self.root, rel)
-            if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                    and isinstance(entry.get("bytes"), int) and entry["bytes"] >= 0):
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("bytes"), int)
+                and entry["bytes"] >= 0
+            ):
                 raise BundleError(f"manifest entry for {rel!r} must be {{sha256: str, bytes: int >= 0}}")
         tokenizers = m["tokenizers"]
         if not isinstance(tokenizers, list) or len(tokenizers) != len(self.dims.text_hidden):
-            raise BundleError(f"manifest 'tokenizers' must list one entry per text encoder ({len(self.dims.text_hidden)})")
+            raise BundleError(
+                f"manifest 'tokenizers' must list one entry per text encoder ({len(self.dims.text_hidden)})"
+            )
         for entry in tokenizers:
-            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                    and isinstance(entry.get("max_length"), int) and isinstance(entry.get("pad_token_id"), int)):
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("max_length"), int)
+                and isinstance(entry.get("pad_token_id"), int)
+            ):
                 raise BundleError("each manifest tokenizer needs file (str), max_length (int), pad_token_id (int)")
             safe_relpath(self.root, entry["file"])
         for name, comp in m["components"].items():
@@ -122,7 +132,11 @@ class Bundle:
                 raise BundleError(f"component {name}: 'artifacts' must map target -> precision -> artifact")
             for target, by_precision in artifacts.items():
                 for precision, art in by_precision.items():
-                    if not (isinstance(art, dict) and isinstance(art.get("path"), str) and isinstance(art.get("files"), list)):
+                    if not (
+                        isinstance(art, dict)
+                        and isinstance(art.get("path"), str)
+                        and isinstance(art.get("files"), list)
+                    ):
                         raise BundleError(f"artifact {name}/{target}/{precision} needs path (str) and files (list)")
                     chunks = art.get("chunks", [])
                     if not (isinstance(chunks, list) and all(isinstance(c, str) for c in chunks)):
@@ -136,7 +150,9 @@ class Bundle:
             if not path.is_file():
                 raise BundleError(f"bundle file {rel} is missing")
             if path.stat().st_size != entry.get("bytes"):
-                raise BundleError(f"bundle file {rel} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}")
+                raise BundleError(
+                    f"bundle file {rel} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}"
+                )
             if sha256_file(path) != entry.get("sha256"):
                 raise BundleError(f"bundle file {rel} does not match its sha256 in the manifest")
 
@@ -196,8 +212,13 @@ class Bundle:
         return out
 
 
-LIMITS = {"height": (8, 8192), "width": (8, 8192), "max_length": (1, 1024), "latent_channels": (1, 64),
-          "vae_scale_factor": (1, 64)}
+LIMITS = {
+    "height": (8, 8192),
+    "width": (8, 8192),
+    "max_length": (1, 1024),
+    "latent_channels": (1, 64),
+    "vae_scale_factor": (1, 64),
+}
 
 
 def _check_dims(dims: ModelDims) -> None:

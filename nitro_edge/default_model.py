@@ -22,7 +22,9 @@ NAME = "nitro-shapes-64"
 def source_folder() -> Path:
     path = Path(str(resources.files("nitro_edge").joinpath("assets/default_model")))
     if not (path / "model_index.json").is_file():
-        raise SourceError(f"the embedded default model is missing from {path}; reinstall nitro-edge or run `make default-model`")
+        raise SourceError(
+            f"the embedded default model is missing from {path}; reinstall nitro-edge or run `make default-model`"
+        )
     return path
 
 
@@ -35,7 +37,9 @@ def _fingerprint(folder: Path) -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("NITRO_EDGE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "nitro-edge")
+    root = os.environ.get("NITRO_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "nitro-edge"
+    )
     return Path(root)
 
 
@@ -51,10 +55,10 @@ def default_bundle(report=None) -> Path:
     if importlib.util.find_spec("torch") is None:
         raise MissingExtraError(
             "the default model is exported once on first use, which needs torch: run "
-            "`pip install 'nitro-edge[torch,onnx]'`, or pass a bundle with -m")
-    from nitro_edge.export import export_bundle
-
+            "`pip install 'nitro-edge[torch,onnx]'`, or pass a bundle with -m"
+        )
     from nitro_edge import registry
+    from nitro_edge.export import export_bundle
 
     targets = [t.name for t in registry.TARGETS if t.name in ("onnx", "openvino") and t.installed()]
     return export_bundle(source, bundle, targets=targets, precision="fp32", report=report or (lambda m: None))

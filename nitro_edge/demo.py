@@ -10,8 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPTS = ["a red circle at the top left", "a blue square in the centre", "a green triangle at the bottom right",
-           "a yellow circle at the bottom left"]
+PROMPTS = [
+    "a red circle at the top left",
+    "a blue square in the centre",
+    "a green triangle at the bottom right",
+    "a yellow circle at the bottom left",
+]
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -22,13 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args(argv)
 
+    from rich.console import Console
+    from rich.table import Table
+
     import nitro_edge
     from nitro_edge import registry
     from nitro_edge.default_model import NAME, source_folder
     from nitro_edge.export import export_bundle
     from nitro_edge.export.parity import psnr_db
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     source = source_folder()
@@ -41,18 +46,34 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(bundle)
     started = time.perf_counter()
     for precision in PRECISIONS:
-        export_bundle(source, bundle, targets=[t.name for t in targets if precision in t.precisions],
-                      precision=precision, report=lambda m: console.log(m) if "parity" in m or "NOT" in m else None)
-    console.print(f"exported to {', '.join(t.name for t in targets)} at {', '.join(PRECISIONS)} "
-                  f"in {time.perf_counter() - started:.0f} s")
+        export_bundle(
+            source,
+            bundle,
+            targets=[t.name for t in targets if precision in t.precisions],
+            precision=precision,
+            report=lambda m: console.log(m) if "parity" in m or "NOT" in m else None,
+        )
+    console.print(
+        f"exported to {', '.join(t.name for t in targets)} at {', '.join(PRECISIONS)} "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
 
     runs = [("torch", "fp32", source)]
     readers = [registry.backend_for_target(t.name) for t in targets]
-    runs += [(b.name, p, bundle) for t, b in zip(targets, readers) if b.installed() and b.predicts_here()
-             for p in PRECISIONS if p in t.precisions]
+    runs += [
+        (b.name, p, bundle)
+        for t, b in zip(targets, readers)
+        if b.installed() and b.predicts_here()
+        for p in PRECISIONS
+        if p in t.precisions
+    ]
     converted_only = [t for t, b in zip(targets, readers) if not b.predicts_here()]
-    table = Table("backend", "precision", f"latency s ({args.steps} step, {len(PROMPTS)} prompts, median of 3)",
-                  "PSNR vs torch (dB)")
+    table = Table(
+        "backend",
+        "precision",
+        f"latency s ({args.steps} step, {len(PROMPTS)} prompts, median of 3)",
+        "PSNR vs torch (dB)",
+    )
     rows, reference = [], None
     for backend, precision, model in runs:
         sampler = nitro_edge.load(model, backend, **({} if backend == "torch" else {"precision": precision}))
@@ -63,19 +84,25 @@ def main(argv: list[str] | None = None) -> None:
             times.append(time.perf_counter() - t0)
         reference = images if reference is None else reference
         psnr = psnr_db(reference, images)
-        table.add_row(backend, precision, f"{np.median(times):.3f}", "reference" if backend == "torch" else f"{psnr:.1f}")
+        table.add_row(
+            backend, precision, f"{np.median(times):.3f}", "reference" if backend == "torch" else f"{psnr:.1f}"
+        )
         rows.append(images)
     for t in converted_only:
-        table.add_row(t.name, "/".join(p for p in PRECISIONS if p in t.precisions),
-                      f"converted; predicts on {registry.backend_for_target(t.name).platforms} only",
-                      "spec checked")
+        table.add_row(
+            t.name,
+            "/".join(p for p in PRECISIONS if p in t.precisions),
+            f"converted; predicts on {registry.backend_for_target(t.name).platforms} only",
+            "spec checked",
+        )
     console.print(table)
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     from PIL import Image
 
     path = args.out / "grid.png"
-    Image.fromarray((grid * 255).round().astype(np.uint8)).resize((grid.shape[1] * 2, grid.shape[0] * 2),
-                                                                  Image.NEAREST).save(path)
+    Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
+        (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST
+    ).save(path)
     console.print(f"grid: {path} (rows: {', '.join(f'{b} {p}' for b, p, _ in runs)}; columns: the prompts)")
 
 

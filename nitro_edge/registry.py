@@ -65,25 +65,53 @@ class Backend:
         try:
             return importlib.import_module(self.module)
         except ImportError as exc:
-            raise MissingExtraError(f"backend {self.name!r} needs `pip install 'nitro-edge[{self.extra}]'` ({exc})") from exc
+            raise MissingExtraError(
+                f"backend {self.name!r} needs `pip install 'nitro-edge[{self.extra}]'` ({exc})"
+            ) from exc
 
 
 PLATFORM_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}  # platform.system() -> words
 TARGETS: tuple[Target, ...] = (
     Target("onnx", ("fp32", "fp16", "int8"), extra="onnx", requires=("onnx", "onnxruntime")),
     Target("openvino", ("fp32", "fp16", "int8", "int8-hybrid"), extra="openvino", requires=("openvino",)),
-    Target("coreml", ("fp32", "fp16", "int8", "pal4", "pal6", "pal8"), extra="coreml", requires=("coremltools",),
-           options={"deployment_target": ("macOS13", "iOS16", "macOS14", "iOS17", "macOS15", "iOS18"),
-                    "compute_units": ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
-                    "attention": ("original", "split_einsum")}),
+    Target(
+        "coreml",
+        ("fp32", "fp16", "int8", "pal4", "pal6", "pal8"),
+        extra="coreml",
+        requires=("coremltools",),
+        options={
+            "deployment_target": ("macOS13", "iOS16", "macOS14", "iOS17", "macOS15", "iOS18"),
+            "compute_units": ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"),
+            "attention": ("original", "split_einsum"),
+        },
+    ),
 )
 BACKENDS: tuple[Backend, ...] = (
-    Backend("onnx", "nitro_edge.runtimes.onnx", extra="onnx", target="onnx", requires="onnxruntime",
-            auto=(("darwin", 1), ("intel", 1), ("*", 0))),
-    Backend("openvino", "nitro_edge.runtimes.openvino", extra="openvino", target="openvino", requires="openvino",
-            auto=(("darwin", 2), ("intel", 0), ("*", 1))),
-    Backend("coreml", "nitro_edge.runtimes.coreml", extra="coreml", target="coreml", requires="coremltools",
-            predicts_on=("Darwin",), auto=(("darwin", 0),)),
+    Backend(
+        "onnx",
+        "nitro_edge.runtimes.onnx",
+        extra="onnx",
+        target="onnx",
+        requires="onnxruntime",
+        auto=(("darwin", 1), ("intel", 1), ("*", 0)),
+    ),
+    Backend(
+        "openvino",
+        "nitro_edge.runtimes.openvino",
+        extra="openvino",
+        target="openvino",
+        requires="openvino",
+        auto=(("darwin", 2), ("intel", 0), ("*", 1)),
+    ),
+    Backend(
+        "coreml",
+        "nitro_edge.runtimes.coreml",
+        extra="coreml",
+        target="coreml",
+        requires="coremltools",
+        predicts_on=("Darwin",),
+        auto=(("darwin", 0),),
+    ),
     Backend("torch", "nitro_edge.runtimes.torch", extra="torch", target=None, requires="torch"),
 )
 

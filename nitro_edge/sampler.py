@@ -11,7 +11,7 @@ draws do not depend on whether latents were given).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

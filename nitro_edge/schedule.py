@@ -31,9 +31,7 @@ class NoiseSchedule:
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise InputError(f"beta_schedule must be 'scaled_linear' or 'linear', got {self.beta_schedule!r}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise InputError(
-                f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}"
-            )
+            raise InputError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
     def alphas_cumprod(self) -> np.ndarray:
         """ᾱ_t for t = 0 .. num_train_timesteps-1, float32 like diffusers computes it."""
@@ -62,9 +60,7 @@ class SamplerParams:
         if not 1 <= self.shift <= n:
             raise InputError(f"shift must be between 1 and {n}, got {self.shift}")
         if not 1 <= self.original_inference_steps <= n:
-            raise InputError(
-                f"original_inference_steps must be between 1 and {n}, got {self.original_inference_steps}"
-            )
+            raise InputError(f"original_inference_steps must be between 1 and {n}, got {self.original_inference_steps}")
 
     def lcm_timesteps(self, steps: int) -> np.ndarray:
         """The unshifted LCM timesteps for `steps` steps (999 first), as diffusers' LCMScheduler."""
@@ -99,7 +95,7 @@ class SamplerParams:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SamplerParams":
+    def from_dict(cls, data: dict) -> SamplerParams:
         return cls(
             schedule=NoiseSchedule(**data["noise_schedule"]),
             shift=int(data["shift"]),

@@ -56,15 +56,20 @@ def is_pipeline_folder(path: Path) -> bool:
     return (Path(path) / "model_index.json").is_file()
 
 
-def resolve_source(path: str | Path, unet: str | Path | None = None, shift: int | None = None,
-                   tiny_vae: str | Path | None = None) -> Source:
+def resolve_source(
+    path: str | Path, unet: str | Path | None = None, shift: int | None = None, tiny_vae: str | Path | None = None
+) -> Source:
     """Recognise `path` (and `unet`), or raise SourceError saying what was found and what is expected."""
     path = Path(path)
     expected = "expected a diffusers SD1.5, SD2.1 or SDXL pipeline folder (with model_index.json)"
     if not path.exists():
         raise SourceError(f"source not found: {path}; {expected}")
     if path.is_file():
-        hint = " (a UNet file goes in --unet, with its base pipeline folder as SOURCE)" if path.suffix == ".safetensors" else ""
+        hint = (
+            " (a UNet file goes in --unet, with its base pipeline folder as SOURCE)"
+            if path.suffix == ".safetensors"
+            else ""
+        )
         raise SourceError(f"source {path} is a file{hint}; {expected}")
     if not is_pipeline_folder(path):
         found = sorted(p.name for p in path.iterdir())[:8]
@@ -101,8 +106,7 @@ def resolve_source(path: str | Path, unet: str | Path | None = None, shift: int 
     else:
         shift_value, shift_source = DEFAULT_SHIFT, "default"
     params = SamplerParams(schedule=schedule, shift=shift_value)
-    return Source(path, architecture, unet_file, params, shift_source, _licence(path, unet_file),
-                  _tiny_vae(tiny_vae))
+    return Source(path, architecture, unet_file, params, shift_source, _licence(path, unet_file), _tiny_vae(tiny_vae))
 
 
 def _tiny_vae(folder: str | Path | None) -> Path | None:

@@ -7,8 +7,8 @@ that bad input is refused where it enters and NaN/Inf output is reported with th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -63,10 +63,16 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TensorSpec":
+    def from_dict(cls, data: dict) -> TensorSpec:
         name, dtype, shape = data["name"], data["dtype"], data["shape"]
-        if not isinstance(name, str) or dtype not in ("float32", "float16", "int64", "int32") or not isinstance(shape, list):
-            raise ValueError(f"tensor spec needs name (str), dtype (float32/float16/int64/int32), shape (list): {data!r}")
+        if (
+            not isinstance(name, str)
+            or dtype not in ("float32", "float16", "int64", "int32")
+            or not isinstance(shape, list)
+        ):
+            raise ValueError(
+                f"tensor spec needs name (str), dtype (float32/float16/int64/int32), shape (list): {data!r}"
+            )
         if not all(d == BATCH or (isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 20) for d in shape):
             raise ValueError(f"tensor {name} shape entries must be positive ints or {BATCH!r}, got {shape!r}")
         return cls(name=name, dtype=dtype, shape=tuple(shape))
@@ -85,7 +91,7 @@ class ComponentSpec:
         }
 
     @classmethod
-    def from_dict(cls, name: str, data: dict) -> "ComponentSpec":
+    def from_dict(cls, name: str, data: dict) -> ComponentSpec:
         if not isinstance(data.get("inputs"), list) or not isinstance(data.get("outputs"), list):
             raise ValueError(f"component {name} needs inputs and outputs lists")
         return cls(
@@ -124,7 +130,7 @@ class ModelDims:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelDims":
+    def from_dict(cls, data: dict) -> ModelDims:
         data = dict(data)
         data["text_hidden"] = tuple(data["text_hidden"])
         return cls(**data)
@@ -152,9 +158,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
             TensorSpec("text_embeds", "float32", (b, dims.pooled_dim)),
             TensorSpec("time_ids", "float32", (b, 6)),
         ]
-    specs["generator"] = ComponentSpec(
-        "generator", tuple(gen_inputs), (TensorSpec("denoised", "float32", latent),)
-    )
+    specs["generator"] = ComponentSpec("generator", tuple(gen_inputs), (TensorSpec("denoised", "float32", latent),))
     specs["vae_decoder"] = ComponentSpec(
         "vae_decoder",
         (TensorSpec("latents", "float32", latent),),
@@ -176,16 +180,12 @@ def check_arrays(component: str, specs: tuple[TensorSpec, ...], arrays: Arrays, 
         if value.dtype != np.dtype(spec.dtype):
             raise InputError(f"{component}.{spec.name}: expected dtype {spec.dtype}, got {value.dtype}")
         if value.ndim != len(spec.shape):
-            raise InputError(
-                f"{component}.{spec.name}: expected shape {_show(spec.shape)}, got {tuple(value.shape)}"
-            )
+            raise InputError(f"{component}.{spec.name}: expected shape {_show(spec.shape)}, got {tuple(value.shape)}")
         for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
             if want == BATCH:
                 batch = got if batch is None else batch
                 if got != batch or got < 1:
-                    raise InputError(
-                        f"{component}.{spec.name}: batch axis {axis} is {got}, expected {batch} (>= 1)"
-                    )
+                    raise InputError(f"{component}.{spec.name}: batch axis {axis} is {got}, expected {batch} (>= 1)")
             elif want != got:
                 raise InputError(
                     f"{component}.{spec.name}: expected shape {_show(spec.shape)}, got {tuple(value.shape)}"

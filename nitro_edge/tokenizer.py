@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class ClipTokenizer:
         backend.enable_padding(length=info.max_length, pad_id=info.pad_token_id)
 
     @classmethod
-    def from_file(cls, path: str | Path, info: TokenizerInfo) -> "ClipTokenizer":
+    def from_file(cls, path: str | Path, info: TokenizerInfo) -> ClipTokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(path)), info)
@@ -46,9 +46,7 @@ class ClipTokenizer:
         encodings = self._backend.encode_batch(list(prompts))
         for prompt, enc in zip(prompts, encodings):
             if enc.overflowing:
-                log.warning(
-                    "prompt is longer than %d tokens and was truncated: %.60r...", self.info.max_length, prompt
-                )
+                log.warning("prompt is longer than %d tokens and was truncated: %.60r...", self.info.max_length, prompt)
         return np.asarray([enc.ids for enc in encodings], dtype=np.int64)
 
 
@@ -85,12 +83,14 @@ def tokenizer_from_folder(folder: Path, max_positions: int) -> tuple[object, Tok
         raise SourceError(f"the tokenizer in {folder} has neither a pad nor an end-of-text token")
     max_length = int(tok.model_max_length)
     if max_length >= UNSET_MAX_LENGTH:
-        log.info("the tokenizer in %s sets no model_max_length; using the text encoder's %d positions",
-                 folder, max_positions)
+        log.info(
+            "the tokenizer in %s sets no model_max_length; using the text encoder's %d positions", folder, max_positions
+        )
         max_length = max_positions
     if not 1 <= max_length <= max_positions:
-        raise SourceError(f"the tokenizer in {folder} pads to {max_length} tokens, but its text encoder "
-                          f"takes 1 to {max_positions}")
+        raise SourceError(
+            f"the tokenizer in {folder} pads to {max_length} tokens, but its text encoder takes 1 to {max_positions}"
+        )
     return tok.backend_tokenizer, TokenizerInfo(max_length=max_length, pad_token_id=int(pad))
 
 

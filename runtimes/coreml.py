@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,8 +28,10 @@ def as_component(models: list, spec: ComponentSpec):
         batch = arrays[spec.inputs[0].name].shape[0]
         outs = {n: [] for n in names}
         for i in range(batch):  # the package has static batch 1
-            feed = {t.name: arrays[t.name][i : i + 1].astype(np.int32 if t.dtype == "int64" else np.float32)
-                    for t in spec.inputs}
+            feed = {
+                t.name: arrays[t.name][i : i + 1].astype(np.int32 if t.dtype == "int64" else np.float32)
+                for t in spec.inputs
+            }
             for model, inputs in zip(models, wanted):
                 feed.update(model.predict({k: feed[k] for k in inputs}))
             for n in names:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def check_external_data(bundle, path: Path, listed: list[str]) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf decode errors have several types
-        raise BundleError(f"{path.name} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+        raise BundleError(
+            f"{path.name} is not a readable ONNX model: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
     allowed = {(bundle.root / rel).resolve() for rel in listed}
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -60,8 +62,14 @@ def check_external_data(bundle, path: Path, listed: list[str]) -> None:
             raise BundleError(f"{path.name} reads weights from {location!r}, which is not a file of this artifact")
 
 
-def load(bundle, precision: str = "fp32", providers: list[str] | None = None, threads: int | None = None,
-         ort_format: bool = False, components: Sequence[str] | None = None) -> dict:
+def load(
+    bundle,
+    precision: str = "fp32",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    ort_format: bool = False,
+    components: Sequence[str] | None = None,
+) -> dict:
     """ONNX Runtime components for every component of `bundle` at `precision` (or only
     `components`); with `ort_format`, from the .ort files written by `--ort-format` (what ONNX
     Runtime Mobile loads)."""

@@ -3,7 +3,7 @@ batch is run one item at a time."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,9 +30,16 @@ def as_component(compiled, spec: ComponentSpec):
     return checked(spec, call)
 
 
-def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | None = None,
-         hint: str = "LATENCY", threads: int | None = None, inference_precision: str | None = "auto",
-         components: Sequence[str] | None = None) -> dict:
+def load(
+    bundle,
+    precision: str = "fp32",
+    device: str = "CPU",
+    cache_dir: str | None = None,
+    hint: str = "LATENCY",
+    threads: int | None = None,
+    inference_precision: str | None = "auto",
+    components: Sequence[str] | None = None,
+) -> dict:
     """OpenVINO components (all, or only `components`) compiled for `device`; `cache_dir` keeps
     compiled blobs between runs.
 
@@ -60,8 +67,13 @@ def load(bundle, precision: str = "fp32", device: str = "CPU", cache_dir: str | 
     return comps
 
 
-def compile_config(precision: str, hint: str = "LATENCY", threads: int | None = None,
-                   inference_precision: str | None = "auto", cache_dir: str | None = None) -> dict:
+def compile_config(
+    precision: str,
+    hint: str = "LATENCY",
+    threads: int | None = None,
+    inference_precision: str | None = "auto",
+    cache_dir: str | None = None,
+) -> dict:
     """The OpenVINO properties load() compiles with (see load() for `inference_precision`)."""
     if hint not in HINTS:
         raise InputError(f"hint must be one of {HINTS}, got {hint!r}")

@@ -3,8 +3,8 @@ components. Export traces the same modules, so this backend is the parity gate's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nitro_edge.errors import InputError, SourceError
 from nitro_edge.sources import Source, resolve_source
@@ -25,10 +25,9 @@ def load(bundle, precision: str = "fp32", components: Sequence[str] | None = Non
         raise InputError(f"the torch backend takes no options here, got {sorted(options)}")
     src = bundle.manifest.get("provenance", {}).get("source", {})
     if not src.get("path") or not Path(src["path"]).is_dir():
-        raise SourceError(
-            f"the torch backend needs the bundle's source folder, which is not here: {src.get('path')!r}"
-        )
-    source = resolve_source(src["path"], unet=src.get("unet_file"), shift=bundle.params.shift,
-                            tiny_vae=src.get("tiny_vae"))
+        raise SourceError(f"the torch backend needs the bundle's source folder, which is not here: {src.get('path')!r}")
+    source = resolve_source(
+        src["path"], unet=src.get("unet_file"), shift=bundle.params.shift, tiny_vae=src.get("tiny_vae")
+    )
     _, _, comps = load_source(source, bundle.dims.height, bundle.dims.width)
     return {name: comps[name] for name, _ in selected(bundle, components)}

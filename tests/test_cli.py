@@ -31,21 +31,45 @@ def test_export_info_generate_round_trip(tiny_source, tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "a.png").size == (64, 64)
 
-    r = cli("generate", "a red circle", "-m", tiny_source("sd15"), "-o", tmp_path / "b.png", "--batch", "2",
-            "--shift", "500", "--backend", "torch")
+    r = cli(
+        "generate",
+        "a red circle",
+        "-m",
+        tiny_source("sd15"),
+        "-o",
+        tmp_path / "b.png",
+        "--batch",
+        "2",
+        "--shift",
+        "500",
+        "--backend",
+        "torch",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b-0.png").is_file() and (tmp_path / "b-1.png").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["generate", "x", "-m", "/nonexistent", "-o", "x.png"], "error: source not found: /nonexistent"),
-    (["generate", "x", "-m", "{sd15}", "-o", "x.png", "--steps", "5"], "error: steps must be an integer from 1 to 4, got 5"),
-    (["generate", "x", "-m", "{sd15}", "-o", "x.png", "--batch", "0"], "error: --batch must be at least 1, got 0"),
-    (["generate", "x", "-m", "{sd15}", "-o", "x.png", "--height", "100"], "error: height must be a positive multiple of 16"),
-    (["generate", "x", "-m", "{sd15}", "-o", "x.png", "--backend", "onnx"], "error: a source folder runs on the torch backend only"),
-    (["export", "{sd15}", "-o", "{sd15}"], "exists and is not a bundle"),
-    (["info", "/nonexistent"], "error: /nonexistent is not a bundle"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "x", "-m", "/nonexistent", "-o", "x.png"], "error: source not found: /nonexistent"),
+        (
+            ["generate", "x", "-m", "{sd15}", "-o", "x.png", "--steps", "5"],
+            "error: steps must be an integer from 1 to 4, got 5",
+        ),
+        (["generate", "x", "-m", "{sd15}", "-o", "x.png", "--batch", "0"], "error: --batch must be at least 1, got 0"),
+        (
+            ["generate", "x", "-m", "{sd15}", "-o", "x.png", "--height", "100"],
+            "error: height must be a positive multiple of 16",
+        ),
+        (
+            ["generate", "x", "-m", "{sd15}", "-o", "x.png", "--backend", "onnx"],
+            "error: a source folder runs on the torch backend only",
+        ),
+        (["export", "{sd15}", "-o", "{sd15}"], "exists and is not a bundle"),
+        (["info", "/nonexistent"], "error: /nonexistent is not a bundle"),
+    ],
+)
 def test_user_mistakes_print_one_line(tiny_source, tmp_path, args, message):
     src = str(tiny_source("sd15"))
     r = cli(*[a.replace("{sd15}", src) for a in args], cwd=tmp_path)
@@ -61,12 +85,20 @@ def test_usage_error_is_not_a_traceback():
 
 def test_generate_without_a_model_uses_the_embedded_default(tmp_path):
     env = {**os.environ, "COLUMNS": "200", "NITRO_EDGE_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([*CLI, "generate", "a red circle at the top left", "-o", str(tmp_path / "a.png")],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [*CLI, "generate", "a red circle at the top left", "-o", str(tmp_path / "a.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "embedded default nitro-shapes-64" in r.stderr and Image.open(tmp_path / "a.png").size == (64, 64)
     bundles = list((tmp_path / "cache").iterdir())
-    assert len(bundles) == 1 and (bundles[0] / "manifest.json").is_file()   # exported once, then reused
-    r = subprocess.run([*CLI, "generate", "a blue square", "-o", str(tmp_path / "b.png"), "--steps", "4"],
-                       capture_output=True, text=True, env=env)
+    assert len(bundles) == 1 and (bundles[0] / "manifest.json").is_file()  # exported once, then reused
+    r = subprocess.run(
+        [*CLI, "generate", "a blue square", "-o", str(tmp_path / "b.png"), "--steps", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0 and list((tmp_path / "cache").iterdir()) == bundles

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from nitro_edge.export import export_bundle, parity
 
 import nitro_edge
 from nitro_edge.bundle import Bundle
 from nitro_edge.errors import BundleError, InputError, ParityError
-from nitro_edge.export import export_bundle, parity
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -37,9 +37,12 @@ def test_manifest_records_the_model(arch, tiny_bundle):
 @pytest.mark.parametrize("steps", [1, 4])
 def test_onnx_backend_matches_torch_backend(arch, steps, tiny_source, tiny_bundle):
     prompts = ["a red circle at the top left", "a blue square"]
-    onnx_images = nitro_edge.load(tiny_bundle(arch), backend="onnx").generate(prompts, steps=steps, seed=3, output="numpy")
+    onnx_images = nitro_edge.load(tiny_bundle(arch), backend="onnx").generate(
+        prompts, steps=steps, seed=3, output="numpy"
+    )
     torch_images = nitro_edge.load(tiny_source(arch), backend="torch", shift=500).generate(
-        prompts, steps=steps, seed=3, output="numpy")
+        prompts, steps=steps, seed=3, output="numpy"
+    )
     assert parity.psnr_db(torch_images, onnx_images) >= 50
     assert np.abs(torch_images - onnx_images).max() < 1e-3
 
@@ -109,13 +112,16 @@ def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
         nitro_edge.load(copy)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda m: m.pop("dims"), r"lacks the fields \['dims'\]"),
-    (lambda m: m.update(schema_version=99), "schema_version is 99; this nitro-edge reads 1"),
-    (lambda m: m["files"].update({"../../etc/passwd": {"sha256": "0", "bytes": 1}}), "leaves the bundle"),
-    (lambda m: m["files"].update({"/etc/passwd": {"sha256": "0", "bytes": 1}}), "leaves the bundle"),
-    (lambda m: m.update(architecture="flux"), "architecture must be one of"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m.pop("dims"), r"lacks the fields \['dims'\]"),
+        (lambda m: m.update(schema_version=99), "schema_version is 99; this nitro-edge reads 1"),
+        (lambda m: m["files"].update({"../../etc/passwd": {"sha256": "0", "bytes": 1}}), "leaves the bundle"),
+        (lambda m: m["files"].update({"/etc/passwd": {"sha256": "0", "bytes": 1}}), "leaves the bundle"),
+        (lambda m: m.update(architecture="flux"), "architecture must be one of"),
+    ],
+)
 def test_bad_manifests_are_refused(tiny_bundle, tmp_path, edit, match):
     copy = shutil.copytree(tiny_bundle("sd15"), tmp_path / "b")
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -138,8 +144,14 @@ def test_component_inputs_are_checked_where_they_enter(tiny_bundle):
     s = nitro_edge.load(tiny_bundle("sd15"))
     gen = s.components["generator"]
     with pytest.raises(InputError, match=r"generator.sample: expected dtype float32, got float64"):
-        gen(sample=np.zeros((1, 4, 8, 8)), timestep=np.zeros(1, np.int64),
-            encoder_hidden_states=np.zeros((1, 77, 32), np.float32))
+        gen(
+            sample=np.zeros((1, 4, 8, 8)),
+            timestep=np.zeros(1, np.int64),
+            encoder_hidden_states=np.zeros((1, 77, 32), np.float32),
+        )
     with pytest.raises(InputError, match=r"expected shape \(batch, 4, 8, 8\), got \(1, 4, 9, 8\)"):
-        gen(sample=np.zeros((1, 4, 9, 8), np.float32), timestep=np.zeros(1, np.int64),
-            encoder_hidden_states=np.zeros((1, 77, 32), np.float32))
+        gen(
+            sample=np.zeros((1, 4, 9, 8), np.float32),
+            timestep=np.zeros(1, np.int64),
+            encoder_hidden_states=np.zeros((1, 77, 32), np.float32),
+        )

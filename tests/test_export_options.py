@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from nitro_edge.export import export_bundle
+from nitro_edge.export.parity import psnr_db
 
 import nitro_edge
 from nitro_edge.bundle import Bundle
 from nitro_edge.errors import BundleError, InputError, ParityError
-from nitro_edge.export import export_bundle
-from nitro_edge.export.parity import psnr_db
 
 torch = pytest.importorskip("torch")
 
@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch")
 def tiny_modules(tiny_source):
     """{arch: (spec of the generator, generator wrapper, a real batch-1 generator input)}."""
     from nitro_edge.export.reference import component_inputs
+
     from nitro_edge.models.loading import load_modules
     from nitro_edge.models.wrappers import as_component
     from nitro_edge.sampler import Sampler
@@ -57,8 +58,14 @@ def test_generator_chunks_compose_to_the_generator(arch, tiny_modules):
     parts = _torch_call(tail, tail_spec, feed)[0].numpy()
     np.testing.assert_allclose(parts, whole, atol=1e-5)
     assert [t.name for t in head_spec.inputs] == [t.name for t in spec.inputs]
-    assert {t.name for t in tail_spec.inputs} >= {"sample", "timestep", "encoder_hidden_states", "mid_sample",
-                                                   "time_emb", "skip_0"}
+    assert {t.name for t in tail_spec.inputs} >= {
+        "sample",
+        "timestep",
+        "encoder_hidden_states",
+        "mid_sample",
+        "time_emb",
+        "skip_0",
+    }
     assert set(tail_example) == {t.name for t in tail_spec.inputs}
 
 
@@ -77,8 +84,14 @@ def test_split_einsum_attention_matches_the_default_and_is_restored(tiny_modules
 
 def test_coreml_options_chunks_and_split_einsum(tiny_source, tmp_path):
     options = {"chunks": 2, "attention": "split_einsum", "deployment_target": "iOS17", "compute_units": "CPU_AND_NE"}
-    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["coreml"], precision="fp16", shift=500,
-                        options={"coreml": options})
+    out = export_bundle(
+        tiny_source("sd15"),
+        tmp_path / "b",
+        targets=["coreml"],
+        precision="fp16",
+        shift=500,
+        options={"coreml": options},
+    )
     bundle = Bundle.open(out)
     art = bundle.artifact("generator", "coreml", "fp16")
     assert art["chunks"] == ["coreml/fp16/generator_chunk1.mlpackage", "coreml/fp16/generator_chunk2.mlpackage"]
@@ -98,8 +111,14 @@ def test_coreml_options_chunks_and_split_einsum(tiny_source, tmp_path):
 
 
 def test_a_chunk_missing_from_the_manifest_files_is_refused(tiny_source, tmp_path):
-    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["coreml"], precision="fp32", shift=500,
-                        options={"coreml": {"chunks": 2}})
+    out = export_bundle(
+        tiny_source("sd15"),
+        tmp_path / "b",
+        targets=["coreml"],
+        precision="fp32",
+        shift=500,
+        options={"coreml": {"chunks": 2}},
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["components"]["generator"]["artifacts"]["coreml"]["fp32"]
     art["files"] = [f for f in art["files"] if "chunk2" not in f]
@@ -113,15 +132,27 @@ def test_a_rewrite_that_changes_the_generator_is_refused(tiny_source, tmp_path, 
 
     monkeypatch.setattr(coreml, "REWRITE_TOLERANCE", 0.0)  # any summation-order difference now fails
     with pytest.raises(ParityError, match="rewritten for Core ML"):
-        export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["coreml"], precision="fp16", shift=500,
-                      options={"coreml": {"attention": "split_einsum"}})
+        export_bundle(
+            tiny_source("sd15"),
+            tmp_path / "b",
+            targets=["coreml"],
+            precision="fp16",
+            shift=500,
+            options={"coreml": {"attention": "split_einsum"}},
+        )
     assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_onnx_fusion_and_ort_format(precision, tiny_source, tmp_path):
-    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], precision=precision, shift=500,
-                        options={"onnx": {"optimize": True, "ort_format": True}})
+    out = export_bundle(
+        tiny_source("sd15"),
+        tmp_path / "b",
+        targets=["onnx"],
+        precision=precision,
+        shift=500,
+        options={"onnx": {"optimize": True, "ort_format": True}},
+    )
     bundle = Bundle.open(out)
     onnx = pytest.importorskip("onnx")
     graph = onnx.load(str(bundle.artifact_path("generator", "onnx", precision)), load_external_data=False).graph
@@ -130,11 +161,13 @@ def test_onnx_fusion_and_ort_format(precision, tiny_source, tmp_path):
     assert bundle.artifact("generator", "onnx", precision)["graph_optimized"] is True
     parity = bundle.manifest["parity"][f"onnx/{precision}"]
     assert set(parity["variants"]["ort_format"]) == {"text_encoder", "generator", "vae_decoder"}
-    ref = nitro_edge.load(tiny_source("sd15"), backend="torch", shift=500).generate("a red circle", seed=3,
-                                                                                     output="numpy")
+    ref = nitro_edge.load(tiny_source("sd15"), backend="torch", shift=500).generate(
+        "a red circle", seed=3, output="numpy"
+    )
     for ort_format in (False, True):
         images = nitro_edge.load(out, backend="onnx", precision=precision, ort_format=ort_format).generate(
-            "a red circle", seed=3, output="numpy")
+            "a red circle", seed=3, output="numpy"
+        )
         assert psnr_db(ref, images) >= parity["floor"]["psnr_db"]
 
 
@@ -143,13 +176,19 @@ def test_ort_format_is_refused_without_its_files(tiny_bundle):
         nitro_edge.load(tiny_bundle("sd15"), backend="onnx", ort_format=True)
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"coreml": {"chunks": 3}}, r"coreml chunks must be one of \(1, 2\), got 3"),
-    ({"coreml": {"deployment_target": "iOS15"}}, "coreml deployment_target must be one of"),
-    ({"coreml": {"speed": "max"}}, r"coreml options are \['attention', 'chunks', 'compute_units', 'deployment_target'\]"),
-    ({"onnx": {"optimize": "yes"}}, "onnx optimize must be true or false, got 'yes'"),
-    ({"openvino": {"optimize": True}}, "openvino options are none, got"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"coreml": {"chunks": 3}}, r"coreml chunks must be one of \(1, 2\), got 3"),
+        ({"coreml": {"deployment_target": "iOS15"}}, "coreml deployment_target must be one of"),
+        (
+            {"coreml": {"speed": "max"}},
+            r"coreml options are \['attention', 'chunks', 'compute_units', 'deployment_target'\]",
+        ),
+        ({"onnx": {"optimize": "yes"}}, "onnx optimize must be true or false, got 'yes'"),
+        ({"openvino": {"optimize": True}}, "openvino options are none, got"),
+    ],
+)
 def test_bad_target_options_are_refused_before_any_work(options, match, tiny_source, tmp_path):
     targets = list(options)
     with pytest.raises(InputError, match=match):
@@ -160,19 +199,56 @@ def test_bad_target_options_are_refused_before_any_work(options, match, tiny_sou
 def test_options_for_a_target_not_exported_are_refused(tiny_source, tmp_path):
     with pytest.raises(InputError, match=r"options given for targets \['coreml'\]"):
         export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], options={"coreml": {"chunks": 2}})
-    r = subprocess.run([sys.executable, "-m", "nitro_edge.cli.main", "export", str(tiny_source("sd15")), "-o",
-                        str(tmp_path / "c"), "--target", "onnx", "--chunks", "2"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nitro_edge.cli.main",
+            "export",
+            str(tiny_source("sd15")),
+            "-o",
+            str(tmp_path / "c"),
+            "--target",
+            "onnx",
+            "--chunks",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "options for ['coreml'] were given, but the export writes ['onnx']" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_cli_passes_target_options(tiny_source, tmp_path):
     out = tmp_path / "b"
-    r = subprocess.run([sys.executable, "-m", "nitro_edge.cli.main", "export", str(tiny_source("sd15")), "-o",
-                        str(out), "--target", "coreml", "--precision", "fp16", "--coreml-target", "macOS15",
-                        "--attention", "split_einsum", "--compute-units", "CPU_AND_GPU"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nitro_edge.cli.main",
+            "export",
+            str(tiny_source("sd15")),
+            "-o",
+            str(out),
+            "--target",
+            "coreml",
+            "--precision",
+            "fp16",
+            "--coreml-target",
+            "macOS15",
+            "--attention",
+            "split_einsum",
+            "--compute-units",
+            "CPU_AND_GPU",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     art = Bundle.open(out).artifact("generator", "coreml", "fp16")
     assert (art["minimum_deployment_target"], art["attention"], art["compute_units"]) == (
-        "macOS15 / iOS18", "split_einsum", "CPU_AND_GPU")
+        "macOS15 / iOS18",
+        "split_einsum",
+        "CPU_AND_GPU",
+    )

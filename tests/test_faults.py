@@ -12,10 +12,10 @@ import time
 import pytest
 
 torch = pytest.importorskip("torch")
+from nitro_edge.export import export_bundle  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from nitro_edge.bundle import Bundle  # noqa: E402
-from nitro_edge.export import export_bundle  # noqa: E402
 
 CLI = [sys.executable, "-m", "nitro_edge.cli.main"]
 
@@ -24,9 +24,12 @@ def test_ctrl_c_during_export_leaves_no_bundle(tiny_source, tmp_path):
     out = tmp_path / "bundle"
     # SIGINT as a terminal delivers it: a shell starting this test run in the background (nohup ... &)
     # leaves SIGINT ignored, children inherit that, and the export then runs to completion.
-    proc = subprocess.Popen([*CLI, "export", str(tiny_source("sdxl")), "-o", str(out), "--target", "onnx"],
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [*CLI, "export", str(tiny_source("sdxl")), "-o", str(out), "--target", "onnx"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in proc.stderr:
         if "exporting generator" in line:
             proc.send_signal(signal.SIGINT)
@@ -59,9 +62,19 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tiny_source, tmp_pat
     from nitro_edge.training.train import train
 
     (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
-    cfg = load_config(None, dict(teacher=str(tiny_source("sd15")), prompts=str(tmp_path / "p.txt"),
-                                 output=str(tmp_path / "run"), max_steps=4, checkpoint_every=2, pool_size=60,
-                                 teacher_steps=1, sample_every=100))
+    cfg = load_config(
+        None,
+        dict(
+            teacher=str(tiny_source("sd15")),
+            prompts=str(tmp_path / "p.txt"),
+            output=str(tmp_path / "run"),
+            max_steps=4,
+            checkpoint_every=2,
+            pool_size=60,
+            teacher_steps=1,
+            sample_every=100,
+        ),
+    )
     real_save = checkpoint.save
     calls = []
 
@@ -81,9 +94,25 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tiny_source, tmp_pat
 
 def test_kill_9_during_training_then_resume_matches_the_uninterrupted_run(tiny_source, tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\na blue square\na green triangle\n")
-    args = ["train", "--teacher", str(tiny_source("sd15")), "--prompts", str(tmp_path / "p.txt"), "--max-steps", "8",
-            "--set", "checkpoint_every=2", "--set", "pool_size=60", "--set", "teacher_steps=1",
-            "--set", "sample_every=100", "--set", "keep_checkpoints=10"]
+    args = [
+        "train",
+        "--teacher",
+        str(tiny_source("sd15")),
+        "--prompts",
+        str(tmp_path / "p.txt"),
+        "--max-steps",
+        "8",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "pool_size=60",
+        "--set",
+        "teacher_steps=1",
+        "--set",
+        "sample_every=100",
+        "--set",
+        "keep_checkpoints=10",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = subprocess.run([*CLI, *args, "--output", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -96,7 +125,9 @@ def test_kill_9_during_training_then_resume_matches_the_uninterrupted_run(tiny_s
     victim.wait()
     done = sorted(p.name for p in (tmp_path / "killed/checkpoints").glob("step_*"))
     assert "step_00000008" not in done
-    resumed = subprocess.run([*CLI, *args, "--output", str(tmp_path / "killed")], capture_output=True, text=True, env=env)
+    resumed = subprocess.run(
+        [*CLI, *args, "--output", str(tmp_path / "killed")], capture_output=True, text=True, env=env
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = load_file(str(tmp_path / "whole/checkpoints/step_00000008/student.safetensors"))
     b = load_file(str(tmp_path / "killed/checkpoints/step_00000008/student.safetensors"))
@@ -107,14 +138,20 @@ def test_onnx_external_data_outside_the_artifact_is_refused(tiny_source, tmp_pat
     """A graph whose weights point outside its listed files is refused, even with a valid manifest."""
     import onnx
 
+    import nitro_edge
     from nitro_edge.bundle import file_entries
     from nitro_edge.errors import BundleError
-    import nitro_edge
 
     out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], precision="fp32")
     path = out / "onnx" / "fp32" / "vae_decoder.onnx"
-    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="w.bin", size_threshold=0)
+    onnx.save_model(
+        onnx.load(str(path)),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.initializer:  # what onnx.save refuses to write, an attacker writes by hand
         for entry in tensor.external_data:
@@ -131,9 +168,9 @@ def test_onnx_external_data_outside_the_artifact_is_refused(tiny_source, tmp_pat
 @pytest.mark.parametrize("target, name", [("onnx", "generator.onnx"), ("openvino", "generator.xml")])
 def test_truncated_artifact_with_a_rewritten_manifest_fails_in_one_line(tiny_source, tmp_path, target, name):
     """Even when an attacker also rewrites the checksums, a truncated model file gives a BundleError."""
+    import nitro_edge
     from nitro_edge.bundle import file_entries
     from nitro_edge.errors import BundleError
-    import nitro_edge
 
     out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=[target], precision="fp32")
     path = out / target / "fp32" / name
@@ -150,8 +187,8 @@ def test_missing_extra_names_the_pip_command(tiny_bundle, monkeypatch):
     """A backend whose package is not installed: the error names the extra to install."""
     import builtins
 
-    from nitro_edge.errors import MissingExtraError
     import nitro_edge
+    from nitro_edge.errors import MissingExtraError
 
     real_import = builtins.__import__
 
@@ -169,8 +206,9 @@ def test_missing_extra_names_the_pip_command(tiny_bundle, monkeypatch):
 def test_leftovers_of_a_killed_export_are_removed(tiny_source, tmp_path):
     """SIGKILL leaves the temporary folders behind; the next export of the same bundle removes
     those whose process is gone and keeps those of a live one."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     left = [tmp_path / f".b.partial-{dead}", tmp_path / f".b.scratch-{dead}"]
     live = tmp_path / f".b.partial-{os.getppid()}"
     for path in [*left, live]:

@@ -64,7 +64,9 @@ def diffusers_images(path, arch, prompts, steps, shift, seed, monkeypatch):
         "randn_tensor",
         lambda shape, **kw: torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)),
     )
-    out = pipe(prompts, num_inference_steps=steps, guidance_scale=0.0, latents=torch.from_numpy(first), output_type="np")
+    out = pipe(
+        prompts, num_inference_steps=steps, guidance_scale=0.0, latents=torch.from_numpy(first), output_type="np"
+    )
     return out.images
 
 
@@ -92,8 +94,13 @@ def test_timesteps_match_diffusers_lcm():
     for shift in (250, 500, 1000):
         params = SamplerParams(NoiseSchedule(), shift=shift)
         for steps in (1, 2, 3, 4):
-            sched = TimestepShiftLCMScheduler(original_inference_steps=4, shifted_timestep=shift,
-                                              beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+            sched = TimestepShiftLCMScheduler(
+                original_inference_steps=4,
+                shifted_timestep=shift,
+                beta_schedule="scaled_linear",
+                beta_start=0.00085,
+                beta_end=0.012,
+            )
             sched.set_timesteps(steps)
             assert params.generator_timesteps(steps).tolist() == sched.timesteps.tolist()
             assert params.lcm_timesteps(steps).tolist() == sched.origin_timesteps.tolist()

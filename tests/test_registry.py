@@ -29,8 +29,9 @@ FAKE_MODULE = textwrap.dedent('''
     def check_spec(bundle, precision):
         return {name: "checked by the fake backend" for name in bundle.specs}
 ''')
-FAKE_RECORD = ('registry.Backend("fake", "fake_backend", extra="onnx", target="onnx", requires="onnxruntime", '
-               'auto=(("*", -1),))')
+FAKE_RECORD = (
+    'registry.Backend("fake", "fake_backend", extra="onnx", target="onnx", requires="onnxruntime", auto=(("*", -1),))'
+)
 
 
 @pytest.fixture
@@ -40,11 +41,15 @@ def fake_backend(tiny_bundle, tmp_path, monkeypatch):
     tiny_bundle("sd15")
     (tmp_path / "fake_backend.py").write_text(FAKE_MODULE)
     (tmp_path / "sitecustomize.py").write_text(
-        f"from nitro_edge import registry\nregistry.BACKENDS = ({FAKE_RECORD}, *registry.BACKENDS)\n")
+        f"from nitro_edge import registry\nregistry.BACKENDS = ({FAKE_RECORD}, *registry.BACKENDS)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "BACKENDS", (eval(FAKE_RECORD), *registry.BACKENDS))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-            "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        "COLUMNS": "200",
+    }
 
 
 def test_a_new_backend_is_one_module_and_one_record(fake_backend, tiny_bundle, tmp_path):
@@ -56,17 +61,26 @@ def test_a_new_backend_is_one_module_and_one_record(fake_backend, tiny_bundle, t
 
     assert module.LOADS == ["fp32"]
     ours = sampler.generate("a red circle", seed=1, output="numpy")
-    np.testing.assert_array_equal(ours, nitro_edge.load(bundle, backend="onnx").generate(
-        "a red circle", seed=1, output="numpy"))
+    np.testing.assert_array_equal(
+        ours, nitro_edge.load(bundle, backend="onnx").generate("a red circle", seed=1, output="numpy")
+    )
 
     cli = [sys.executable, "-m", "nitro_edge.cli.main"]
     r = subprocess.run([*cli, "generate", "--help"], capture_output=True, text=True, env=fake_backend)
     assert r.returncode == 0 and "fake" in r.stdout, r.stdout
-    r = subprocess.run([*cli, "generate", "a cat", "-m", str(bundle), "--backend", "fake", "-o", str(tmp_path / "a.png")],
-                       capture_output=True, text=True, env=fake_backend)
+    r = subprocess.run(
+        [*cli, "generate", "a cat", "-m", str(bundle), "--backend", "fake", "-o", str(tmp_path / "a.png")],
+        capture_output=True,
+        text=True,
+        env=fake_backend,
+    )
     assert r.returncode == 0 and "on fake" in r.stderr, r.stderr
-    r = subprocess.run([*cli, "bench", str(bundle), "--backend", "fake", "--runs", "1", "--json",
-                        str(tmp_path / "b.json")], capture_output=True, text=True, env=fake_backend)
+    r = subprocess.run(
+        [*cli, "bench", str(bundle), "--backend", "fake", "--runs", "1", "--json", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        env=fake_backend,
+    )
     assert r.returncode == 0, r.stderr
     assert [row["backend"] for row in json.loads((tmp_path / "b.json").read_text())] == ["fake"]
 
@@ -78,8 +92,9 @@ def test_the_gate_follows_the_record_of_the_backend_that_reads_a_target(tiny_sou
 
     (tmp_path / "fake_backend.py").write_text(FAKE_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    elsewhere = registry.Backend("fake", "fake_backend", extra="onnx", target="onnx", requires="onnxruntime",
-                                 predicts_on=("NoSuchOS",))
+    elsewhere = registry.Backend(
+        "fake", "fake_backend", extra="onnx", target="onnx", requires="onnxruntime", predicts_on=("NoSuchOS",)
+    )
     monkeypatch.setattr(registry, "BACKENDS", (elsewhere, *registry.BACKENDS))
     messages = []
     out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx"], report=messages.append)
@@ -89,12 +104,15 @@ def test_the_gate_follows_the_record_of_the_backend_that_reads_a_target(tiny_sou
     assert any("numeric parity NOT run" in m for m in messages)
 
 
-@pytest.mark.parametrize("tags, order", [
-    (("darwin", "*"), ("coreml", "onnx", "openvino")),
-    (("darwin", "intel", "*"), ("coreml", "onnx", "openvino")),
-    (("intel", "*"), ("openvino", "onnx")),
-    (("*",), ("onnx", "openvino")),
-])
+@pytest.mark.parametrize(
+    "tags, order",
+    [
+        (("darwin", "*"), ("coreml", "onnx", "openvino")),
+        (("darwin", "intel", "*"), ("coreml", "onnx", "openvino")),
+        (("intel", "*"), ("openvino", "onnx")),
+        (("*",), ("onnx", "openvino")),
+    ],
+)
 def test_auto_order_per_host(tags, order):
     assert registry.auto_order(tags) == order
 

@@ -71,9 +71,24 @@ def test_eight_threads_give_the_sequential_images(tiny_bundle):
 
 
 def test_bench_cli_writes_table_json_and_chart(tiny_bundle, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "nitro_edge.cli.main", "bench", str(tiny_bundle("sd15")), "--runs", "2",
-                        "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png")],
-                       capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nitro_edge.cli.main",
+            "bench",
+            str(tiny_bundle("sd15")),
+            "--runs",
+            "2",
+            "--json",
+            str(tmp_path / "b.json"),
+            "--plot",
+            str(tmp_path / "b.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "b.json").read_text())
     onnx = next(x for x in results if x["backend"] == "onnx")
@@ -97,16 +112,20 @@ def test_openvino_inference_precision_follows_the_bundle():
     assert compile_config("int8", inference_precision="f32")["INFERENCE_PRECISION_HINT"] == "f32"
     assert "INFERENCE_PRECISION_HINT" not in compile_config("fp32", inference_precision=None)
     assert compile_config("fp32", cache_dir="/tmp/c", threads=2) == {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": "/tmp/c",
-        "INFERENCE_NUM_THREADS": 2}
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+        "CACHE_DIR": "/tmp/c",
+        "INFERENCE_NUM_THREADS": 2,
+    }
     with pytest.raises(InputError, match="hint must be one of"):
         compile_config("fp32", hint="FAST")
 
 
 def test_load_can_open_only_some_components(tiny_bundle):
     """What the export gate uses to hold one component in memory at a time."""
-    from nitro_edge.bundle import Bundle
     from nitro_edge.runtimes import onnx as onnx_rt
+
+    from nitro_edge.bundle import Bundle
 
     bundle = Bundle.open(tiny_bundle("sd15"))
     assert list(onnx_rt.load(bundle, "fp32", components=["vae_decoder"])) == ["vae_decoder"]

@@ -42,10 +42,13 @@ def test_steps_outside_range_are_refused(bad):
         SamplerParams(NoiseSchedule()).lcm_timesteps(bad)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(beta_schedule="cosine"), "beta_schedule"),
-    (dict(prediction_type="sample"), "prediction_type"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(beta_schedule="cosine"), "beta_schedule"),
+        (dict(prediction_type="sample"), "prediction_type"),
+    ],
+)
 def test_bad_schedule_is_refused(kwargs, match):
     with pytest.raises(InputError, match=match):
         NoiseSchedule(**kwargs)

@@ -32,11 +32,14 @@ def test_shift_comes_from_argument_then_scheduler_config(tiny_source, tmp_path):
     assert resolve_source(copy, shift=250).params.shift == 250
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: p / "missing", "source not found"),
-    (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", "is a file"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "has no model_index.json"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: p / "missing", "source not found"),
+        (lambda p: (p / "a.txt").write_text("x") and p / "a.txt", "is a file"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "has no model_index.json"),
+    ],
+)
 def test_bad_sources_fail_with_one_line(tmp_path, make, match):
     with pytest.raises(SourceError, match=match) as err:
         resolve_source(make(tmp_path))
@@ -59,8 +62,8 @@ def test_missing_subfolder_is_named(tiny_source, tmp_path):
 
 def test_nitrosd_style_unet_file_replaces_the_unet(tiny_source, tmp_path):
     """A UNet .safetensors plus a base folder: the file's weights are the ones used."""
-    from safetensors.torch import save_file
     from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
 
     base = tiny_source("sdxl")
     unet = UNet2DConditionModel.from_pretrained(base / "unet")

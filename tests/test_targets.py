@@ -5,18 +5,20 @@ import sys
 
 import numpy as np
 import pytest
+from nitro_edge.export import export_bundle
+from nitro_edge.export.parity import psnr_db
 
 import nitro_edge
 from nitro_edge.bundle import Bundle
 from nitro_edge.errors import InputError
-from nitro_edge.export import export_bundle
-from nitro_edge.export.parity import psnr_db
 
 torch = pytest.importorskip("torch")
 
-MATRIX = [("onnx", p) for p in ("fp32", "fp16", "int8")] + \
-         [("openvino", p) for p in ("fp32", "fp16", "int8", "int8-hybrid")] + \
-         [("coreml", p) for p in ("fp32", "fp16", "int8", "pal4", "pal6", "pal8")]
+MATRIX = (
+    [("onnx", p) for p in ("fp32", "fp16", "int8")]
+    + [("openvino", p) for p in ("fp32", "fp16", "int8", "int8-hybrid")]
+    + [("coreml", p) for p in ("fp32", "fp16", "int8", "pal4", "pal6", "pal8")]
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,9 @@ def matrix_bundles(tiny_source, tmp_path_factory):
     bundles = {}
     for precision in ("fp32", "fp16", "int8", "int8-hybrid", "pal4", "pal6", "pal8"):
         targets = [t for t, p in MATRIX if p == precision]
-        bundles[precision] = export_bundle(tiny_source("sd15"), root / precision, targets=targets,
-                                           precision=precision, shift=500)
+        bundles[precision] = export_bundle(
+            tiny_source("sd15"), root / precision, targets=targets, precision=precision, shift=500
+        )
     return bundles
 
 
@@ -43,15 +46,23 @@ def test_every_target_and_precision_passes_its_gate(target, precision, matrix_bu
     if target == "coreml" and sys.platform != "darwin":
         assert parity["numeric"] is False and "macOS" in parity["reason"]
         weights = parity["spec"]["generator"]["weight_dtypes"]
-        kind = {"fp32": "float32", "fp16": "float16", "int8": "int8", "pal4": "palette4", "pal6": "palette6",
-                "pal8": "palette8"}[precision]
+        kind = {
+            "fp32": "float32",
+            "fp16": "float16",
+            "int8": "int8",
+            "pal4": "palette4",
+            "pal6": "palette6",
+            "pal8": "palette8",
+        }[precision]
         assert kind in weights, weights
         return
     assert parity["numeric"] is True and parity["end_to_end_psnr_db"] >= parity["floor"]["psnr_db"]
     images = nitro_edge.load(bundle.root, backend=target, precision=precision).generate(
-        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy")
+        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy"
+    )
     ref = nitro_edge.load(tiny_source("sd15"), backend="torch", shift=500).generate(
-        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy")
+        ["a red circle", "a blue square"], steps=2, seed=5, output="numpy"
+    )
     assert psnr_db(ref, images) >= parity["floor"]["psnr_db"]
 
 
@@ -88,12 +99,18 @@ def test_tiny_decoder_on_every_target(tiny_source, tmp_path):
     from nitro_edge.tiny import build_tiny_autoencoder_tiny
 
     taesd = build_tiny_autoencoder_tiny(tmp_path / "taesd")
-    out = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["onnx", "openvino", "coreml"],
-                        precision="fp16", tiny_vae=taesd)
+    out = export_bundle(
+        tiny_source("sd15"), tmp_path / "b", targets=["onnx", "openvino", "coreml"], precision="fp16", tiny_vae=taesd
+    )
     manifest = Bundle.open(out).manifest
     assert manifest["provenance"]["source"]["tiny_vae"] == str(taesd)
-    sizes = {t: sum(manifest["files"][f]["bytes"] for f in
-                    manifest["components"]["vae_decoder"]["artifacts"][t]["fp16"]["files"]) for t in ("onnx", "openvino")}
+    sizes = {
+        t: sum(
+            manifest["files"][f]["bytes"]
+            for f in manifest["components"]["vae_decoder"]["artifacts"][t]["fp16"]["files"]
+        )
+        for t in ("onnx", "openvino")
+    }
     assert all(size < 200_000 for size in sizes.values()), sizes
     tiny = nitro_edge.load(out, backend="onnx", precision="fp16").generate("a cat", output="numpy")
     full = nitro_edge.load(tiny_source("sd15"), backend="torch").generate("a cat", output="numpy")
@@ -114,7 +131,10 @@ def test_models_over_the_protobuf_limit_use_one_external_data_file(tiny_source, 
     manifest = Bundle.open(out).manifest
     art = manifest["components"]["generator"]["artifacts"]["onnx"]["fp16"]
     assert art["files"] == ["onnx/fp16/generator.onnx", "onnx/fp16/generator.onnx.data"]
-    graph, data = (out / "onnx/fp16/generator.onnx").stat().st_size, (out / "onnx/fp16/generator.onnx.data").stat().st_size
+    graph, data = (
+        (out / "onnx/fp16/generator.onnx").stat().st_size,
+        (out / "onnx/fp16/generator.onnx.data").stat().st_size,
+    )
     assert data > 300_000 and graph < 600_000  # the weights over 1 KiB live in the data file
     assert manifest["parity"]["onnx/fp16"]["end_to_end_psnr_db"] >= 35
 
@@ -137,26 +157,35 @@ def test_weights_scattered_over_many_files_are_gathered_into_one(tmp_path):
     data file, tensor by tensor, and runs the same."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-
     from nitro_edge.export.onnx import gather_external_data
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((32, 8)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
     scattered = tmp_path / "scattered"
     scattered.mkdir()
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(scattered / "m.onnx"),
-                    save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(scattered / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=0,
+    )
     assert len(list(scattered.iterdir())) == 3
     out = tmp_path / "out"
     out.mkdir()
     files = gather_external_data(scattered / "m.onnx", out / "m.onnx")
-    assert [f.name for f in files] == ["m.onnx", "m.onnx.data"] and sorted(p.name for p in out.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert [f.name for f in files] == ["m.onnx", "m.onnx.data"] and sorted(p.name for p in out.iterdir()) == [
+        "m.onnx",
+        "m.onnx.data",
+    ]
     model = onnx.load(str(out / "m.onnx"), load_external_data=False)
     offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in model.graph.initializer]
     assert all(o % 4096 == 0 for o in offsets)

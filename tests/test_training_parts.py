@@ -7,12 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from nitro_edge.errors import InputError  # noqa: E402
 from nitro_edge.training.backbone import EncoderBackbone  # noqa: E402
 from nitro_edge.training.config import TrainConfig, load_config  # noqa: E402
 from nitro_edge.training.data import PromptSampler, read_prompts  # noqa: E402
 from nitro_edge.training.heads import TASKS, HeadPool, reset_optimizer_state  # noqa: E402
 from nitro_edge.training.losses import discriminator_loss, generator_loss  # noqa: E402
+
+from nitro_edge.errors import InputError  # noqa: E402
 
 
 def _fake_unet_config(block_out_channels, layers_per_block):
@@ -20,10 +21,13 @@ def _fake_unet_config(block_out_channels, layers_per_block):
     return SimpleNamespace(unet=SimpleNamespace(config=config))
 
 
-@pytest.mark.parametrize("channels, layers, levels", [
-    ((320, 640, 1280), 2, 10),           # SDXL: the 10 levels of METHOD.md
-    ((320, 640, 1280, 1280), 2, 13),     # SD1.5 / SD2.1
-])
+@pytest.mark.parametrize(
+    "channels, layers, levels",
+    [
+        ((320, 640, 1280), 2, 10),  # SDXL: the 10 levels of METHOD.md
+        ((320, 640, 1280, 1280), 2, 13),  # SD1.5 / SD2.1
+    ],
+)
 def test_level_count_for_real_layouts(channels, layers, levels):
     layout = EncoderBackbone.channels.fget(_fake_unet_config(channels, layers))
     strides = EncoderBackbone.strides.fget(_fake_unet_config(channels, layers))
@@ -104,8 +108,8 @@ def test_refresh_reinitialises_heads_and_resets_their_optimizer_state():
 @pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
 def test_loss_signs(kind):
     hi, lo = torch.full((4,), 2.0), torch.full((4,), -2.0)
-    assert discriminator_loss(hi, lo, kind) < discriminator_loss(lo, hi, kind)   # right is cheaper
-    assert generator_loss(hi, kind) < generator_loss(lo, kind)                   # fooling is cheaper
+    assert discriminator_loss(hi, lo, kind) < discriminator_loss(lo, hi, kind)  # right is cheaper
+    assert generator_loss(hi, kind) < generator_loss(lo, kind)  # fooling is cheaper
     fake = torch.zeros(4, requires_grad=True)
     generator_loss(fake, kind).backward()
     assert (fake.grad < 0).all()  # descending the loss raises the fake logits
@@ -116,7 +120,13 @@ def test_config_from_yaml_and_set(tmp_path):
     path.write_text("max_steps: 7\nloss: non_saturating\ndisc_timesteps: [10, 500]\n")
     cfg = load_config(path, {"max_steps": 9}, ["pool_size=24", "tf32=false", "refine_starts=[0, 5]"])
     assert (cfg.max_steps, cfg.loss, cfg.disc_timesteps, cfg.pool_size, cfg.tf32, cfg.refine_starts) == (
-        9, "non_saturating", [10, 500], 24, False, [0, 5])
+        9,
+        "non_saturating",
+        [10, 500],
+        24,
+        False,
+        [0, 5],
+    )
     with pytest.raises(InputError, match="unknown config keys"):
         load_config(None, sets=["nope=1"])
     with pytest.raises(InputError, match="pool_size must be int, got 'many'"):
@@ -125,27 +135,47 @@ def test_config_from_yaml_and_set(tmp_path):
         load_config(None, sets=["pool_size"])
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"loss": "wgan"}, "loss must be one of"),
-    ({"refresh_rate": 1.5}, "refresh_rate"),
-    ({"refine_starts": [5]}, "refine_starts must start at 0"),
-    ({"pool_size": 3}, "too small"),
-    ({"mixed_precision": "fp8"}, "mixed_precision"),
-    ({"resolution": -64}, "resolution must be 0"),
-    ({"disc_timesteps": ["a"]}, r"disc_timesteps must be list\[int\], got \['a'\]"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"loss": "wgan"}, "loss must be one of"),
+        ({"refresh_rate": 1.5}, "refresh_rate"),
+        ({"refine_starts": [5]}, "refine_starts must start at 0"),
+        ({"pool_size": 3}, "too small"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"resolution": -64}, "resolution must be 0"),
+        ({"disc_timesteps": ["a"]}, r"disc_timesteps must be list\[int\], got \['a'\]"),
+    ],
+)
 def test_impossible_configs_fail_before_loading(change, match):
     with pytest.raises(InputError, match=match):
         TrainConfig(**change)  # checked when built, before anything loads
 
 
 def test_set_values_are_parsed_against_the_field_types():
-    cfg = load_config(None, sets=["disc_timesteps=[10, 500]", "adam_betas=[0, 0.9]", "lr_student=1e-5",
-                                  "tasks=[global_cond]", "gradient_checkpointing=yes"])
+    cfg = load_config(
+        None,
+        sets=[
+            "disc_timesteps=[10, 500]",
+            "adam_betas=[0, 0.9]",
+            "lr_student=1e-5",
+            "tasks=[global_cond]",
+            "gradient_checkpointing=yes",
+        ],
+    )
     assert (cfg.disc_timesteps, cfg.adam_betas, cfg.lr_student, cfg.tasks, cfg.gradient_checkpointing) == (
-        [10, 500], [0.0, 0.9], 1e-5, ["global_cond"], True)
-    for bad, match in (("disc_timesteps=[a]", r"list\[int\], got '\[a\]'"), ("disc_timesteps=[1,", "list"),
-                       ("max_steps=1.5", "max_steps must be int"), ("tf32=maybe", "tf32 must be bool")):
+        [10, 500],
+        [0.0, 0.9],
+        1e-5,
+        ["global_cond"],
+        True,
+    )
+    for bad, match in (
+        ("disc_timesteps=[a]", r"list\[int\], got '\[a\]'"),
+        ("disc_timesteps=[1,", "list"),
+        ("max_steps=1.5", "max_steps must be int"),
+        ("tf32=maybe", "tf32 must be bool"),
+    ):
         with pytest.raises(InputError, match=match):
             load_config(None, sets=[bad])
 

@@ -10,14 +10,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-from safetensors.torch import load_file  # noqa: E402
-
 from nitro_edge.training.config import load_config  # noqa: E402
 from nitro_edge.training.train import train  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 PROMPTS = "a red circle at the top left\na blue square in the centre\na green triangle at the bottom right\n"
-SMALL = {"pool_size": 60, "teacher_steps": 2, "checkpoint_every": 1, "sample_every": 2, "keep_checkpoints": 5,
-         "refine_starts": [0, 1], "r1_weight": 0.1, "ema_decay": 0.9}
+SMALL = {
+    "pool_size": 60,
+    "teacher_steps": 2,
+    "checkpoint_every": 1,
+    "sample_every": 2,
+    "keep_checkpoints": 5,
+    "refine_starts": [0, 1],
+    "r1_weight": 0.1,
+    "ema_decay": 0.9,
+}
 
 
 def config(tmp_path, teacher, out, **extra):
@@ -31,7 +38,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_source, tmp_path
     train(config(tmp_path, teacher, tmp_path / "a", max_steps=3), progress=False)
     train(config(tmp_path, teacher, tmp_path / "b", max_steps=2), progress=False)
     assert json.loads((tmp_path / "b/checkpoints/step_00000002/state.json").read_text())["step"] == 2
-    train(config(tmp_path, teacher, tmp_path / "b", max_steps=3), progress=False)   # resumes at step 2
+    train(config(tmp_path, teacher, tmp_path / "b", max_steps=3), progress=False)  # resumes at step 2
     for name in ("student", "ema", "heads"):
         a = load_file(str(tmp_path / f"a/checkpoints/step_00000003/{name}.safetensors"))
         b = load_file(str(tmp_path / f"b/checkpoints/step_00000003/{name}.safetensors"))
@@ -53,10 +60,12 @@ def test_teacher_cache_is_resumable_and_trains(tiny_source, tmp_path):
     precompute(cfg, total=3, shard_size=2)
     cache = TeacherCache(tmp_path / "cache")
     assert len(cache) == 3 and sorted(p.name for p in (tmp_path / "cache").glob("shard_*")) == [
-        "shard_00000.safetensors", "shard_00001.safetensors"]
+        "shard_00000.safetensors",
+        "shard_00001.safetensors",
+    ]
     first = cache.get(0)["x0"].clone()
-    (tmp_path / "cache" / "shard_00001.safetensors").unlink()   # an interrupted precompute...
-    precompute(cfg, total=3, shard_size=2)                        # ...resumes without redoing shard 0
+    (tmp_path / "cache" / "shard_00001.safetensors").unlink()  # an interrupted precompute...
+    precompute(cfg, total=3, shard_size=2)  # ...resumes without redoing shard 0
     assert torch.equal(TeacherCache(tmp_path / "cache").get(0)["x0"], first)
     assert set(first.shape) == {4, 8}
     student = train(cfg, progress=False)
@@ -73,11 +82,28 @@ def test_cli_dry_run_train_and_export(tiny_source, tmp_path):
     plan = json.loads(r.stdout)
     assert plan["heads"] == 480 and plan["heads_trained_per_step"] == 15 and plan["refreshed_per_step"] == 5
     assert not (tmp_path / "run").exists()
-    r = subprocess.run([*cli, "train", *common, "--max-steps", "2", "--set", "pool_size=60",
-                        "--set", "teacher_steps=2", "--set", "shift=500"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            *cli,
+            "train",
+            *common,
+            "--max-steps",
+            "2",
+            "--set",
+            "pool_size=60",
+            "--set",
+            "teacher_steps=2",
+            "--set",
+            "shift=500",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     bundle = tmp_path / "bundle"
-    r = subprocess.run([*cli, "export", str(tmp_path / "run" / "student"), "-o", str(bundle)], capture_output=True, text=True)
+    r = subprocess.run(
+        [*cli, "export", str(tmp_path / "run" / "student"), "-o", str(bundle)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["sampler"]["shift"] == 500 and manifest["sampler"]["shift_source"] == "scheduler_config"
@@ -98,10 +124,13 @@ def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_pa
     script.write_text(RANK_SCRIPT)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([*torchrun, str(script), json.dumps(cfg.to_dict())], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [*torchrun, str(script), json.dumps(cfg.to_dict())], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run/checkpoints/step_00000002/student.safetensors").is_file()
     from nitro_edge.export import export_bundle
+
     bundle = export_bundle(tmp_path / "run" / "student", tmp_path / "bundle")
     assert (bundle / "manifest.json").is_file()
 
@@ -109,9 +138,18 @@ def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_pa
 def test_accumulation_bf16_checkpointing_and_local_only_tasks_run(tiny_source, tmp_path):
     """The systems options together on CPU, in their own process (accelerate's precision is
     process-wide): they must train and move the student."""
-    cfg = config(tmp_path, tiny_source("sd15"), tmp_path / "run", max_steps=2, gradient_accumulation=2,
-                 mixed_precision="bf16", gradient_checkpointing=True, loss="non_saturating",
-                 tasks=["local_cond", "local_uncond"], pool_size=24)
+    cfg = config(
+        tmp_path,
+        tiny_source("sd15"),
+        tmp_path / "run",
+        max_steps=2,
+        gradient_accumulation=2,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        loss="non_saturating",
+        tasks=["local_cond", "local_uncond"],
+        pool_size=24,
+    )
     script = tmp_path / "run_one.py"
     script.write_text(RANK_SCRIPT)
     r = subprocess.run([sys.executable, str(script), json.dumps(cfg.to_dict())], capture_output=True, text=True)

@@ -6,15 +6,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
-from safetensors.torch import load_file  # noqa: E402
-
 from nitro_edge.training.config import load_config  # noqa: E402
 from nitro_edge.training.diagnostics import Diagnostics  # noqa: E402
 from nitro_edge.training.train import train  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 PROMPTS = "a red circle at the top left\na blue square in the centre\na green triangle at the bottom right\n"
-SMALL = {"pool_size": 60, "teacher_steps": 2, "checkpoint_every": 1, "keep_checkpoints": 10, "sample_every": 100,
-         "ema_decay": 0.9, "batch_size": 2}
+SMALL = {
+    "pool_size": 60,
+    "teacher_steps": 2,
+    "checkpoint_every": 1,
+    "keep_checkpoints": 10,
+    "sample_every": 100,
+    "ema_decay": 0.9,
+    "batch_size": 2,
+}
 
 
 def config(tmp_path, teacher, out, **extra):
@@ -47,14 +53,25 @@ def test_a_run_resumed_at_the_stage_boundary_matches_the_uninterrupted_run(tiny_
 
 def test_the_first_stage_brings_the_one_step_student_to_the_teacher(tiny_source, tmp_path):
     """Regression onto the cached teacher x0: the one-step student's error on those pairs falls."""
-    from nitro_edge.models.loading import load_modules
-    from nitro_edge.sources import resolve_source
     from nitro_edge.training.plan import precompute
     from nitro_edge.training.teacher import TeacherCache
 
+    from nitro_edge.models.loading import load_modules
+    from nitro_edge.sources import resolve_source
+
     teacher = tiny_source("sd15")
-    cfg = config(tmp_path, teacher, tmp_path / "run", max_steps=30, first_stage_steps=30, lr_first_stage=3e-3,
-                 teacher_cache=str(tmp_path / "cache"), batch_size=4, checkpoint_every=30, shift=1000)
+    cfg = config(
+        tmp_path,
+        teacher,
+        tmp_path / "run",
+        max_steps=30,
+        first_stage_steps=30,
+        lr_first_stage=3e-3,
+        teacher_cache=str(tmp_path / "cache"),
+        batch_size=4,
+        checkpoint_every=30,
+        shift=1000,
+    )
     precompute(cfg, total=8, shard_size=8)
     cache = TeacherCache(tmp_path / "cache")
     items = [cache.get(i) for i in range(8)]
@@ -63,8 +80,11 @@ def test_the_first_stage_brings_the_one_step_student_to_the_teacher(tiny_source,
         _, _, modules = load_modules(resolve_source(folder, shift=1000))
         gen = modules["generator"]
         with torch.no_grad():
-            x0 = gen(torch.stack([it["noise"] for it in items]), torch.full((8,), 999),
-                     torch.stack([it["encoder_hidden_states"] for it in items]))[0]
+            x0 = gen(
+                torch.stack([it["noise"] for it in items]),
+                torch.full((8,), 999),
+                torch.stack([it["encoder_hidden_states"] for it in items]),
+            )[0]
         return float(((x0 - torch.stack([it["x0"] for it in items])) ** 2).mean())
 
     before = error(teacher)

@@ -45,8 +45,19 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def save(root: Path, step: int, student, ema: EMA, pool, opt_g, opt_d, ages: torch.Tensor, config: dict, keep: int,
-         extra: dict[str, str] | None = None) -> Path:
+def save(
+    root: Path,
+    step: int,
+    student,
+    ema: EMA,
+    pool,
+    opt_g,
+    opt_d,
+    ages: torch.Tensor,
+    config: dict,
+    keep: int,
+    extra: dict[str, str] | None = None,
+) -> Path:
     """Write checkpoints/step_N atomically (temp folder, then rename) and point `latest` at it.
     `extra` maps file names to text written beside the weights (the diagnostics summary)."""
     from safetensors.torch import save_file
@@ -56,7 +67,9 @@ def save(root: Path, step: int, student, ema: EMA, pool, opt_g, opt_d, ages: tor
     tmp = root / f".step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}, str(tmp / "student.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}, str(tmp / "student.safetensors")
+    )
     save_file({k: v.contiguous().cpu() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
     heads = {k: v.detach().contiguous().cpu() for k, v in pool.state_dict().items()}
     heads["__ages__"] = ages.cpu()

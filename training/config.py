@@ -65,13 +65,15 @@ class TrainConfig:
     sample_every: int = 100
     log_every: int = 10
     diagnostics_window: int = 50  # adversarial steps the accuracy/loss means and the alarms look back over
-    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle at the top left", "a blue square in the centre"])
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["a red circle at the top left", "a blue square in the centre"]
+    )
 
     def __post_init__(self) -> None:
         self._check_types()
         self._check_values()
 
-    def validate(self, need_paths: bool = True) -> "TrainConfig":
+    def validate(self, need_paths: bool = True) -> TrainConfig:
         """Check the values again (fields may have been changed since) and, with `need_paths`,
         that the teacher, prompts and output are given and the first two exist."""
         self._check_types()
@@ -94,10 +96,22 @@ class TrainConfig:
 
     def _check_values(self) -> None:
         """Raise InputError naming the first impossible value or combination."""
+
         def bad(msg: str) -> None:
             raise InputError(msg)
-        for key in ("max_steps", "batch_size", "gradient_accumulation", "teacher_steps", "pool_size",
-                    "head_width", "checkpoint_every", "sample_every", "log_every", "keep_checkpoints"):
+
+        for key in (
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation",
+            "teacher_steps",
+            "pool_size",
+            "head_width",
+            "checkpoint_every",
+            "sample_every",
+            "log_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, key) < 1:
                 bad(f"{key} must be at least 1, got {getattr(self, key)}")
         if not 1 <= self.shift <= 1000:
@@ -110,7 +124,9 @@ class TrainConfig:
         if not self.tasks or any(t not in TASKS for t in self.tasks) or len(set(self.tasks)) != len(self.tasks):
             bad(f"tasks must be distinct names from {TASKS}, got {self.tasks}")
         if self.pool_size < len(self.disc_timesteps) * len(self.tasks):
-            bad(f"pool_size {self.pool_size} is too small for {len(self.disc_timesteps)} timesteps x {len(self.tasks)} tasks")
+            bad(
+                f"pool_size {self.pool_size} is too small for {len(self.disc_timesteps)} timesteps x {len(self.tasks)} tasks"
+            )
         if not 0 <= self.refresh_rate < 1:
             bad(f"refresh_rate must be in [0, 1), got {self.refresh_rate}")
         if not 0 < self.local_fraction <= 1:
@@ -200,8 +216,9 @@ def _convert(value, kind):
     return kind(value)
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                sets: list[str] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict | None = None, sets: list[str] | None = None
+) -> TrainConfig:
     """A TrainConfig from an optional YAML file, then `overrides` (CLI options), then `--set k=v`."""
     data: dict = {}
     if path:

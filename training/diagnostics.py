@@ -47,7 +47,8 @@ class Diagnostics:
 
     def observe_generator(self, t: int, loss: float) -> None:
         self._current.setdefault(t, {"real_right": 0.0, "fake_right": 0.0, "n": 0, "loss_d": [], "loss_g": []})[
-            "loss_g"].append(loss)
+            "loss_g"
+        ].append(loss)
 
     def observe_refresh(self, ages: list[int]) -> None:
         """Ages (in steps) of the heads re-initialised this step."""
@@ -58,9 +59,12 @@ class Diagnostics:
         closed = {}
         for t, e in self._current.items():
             if e["n"]:
-                closed[t] = {"acc_real": e["real_right"] / e["n"], "acc_fake": e["fake_right"] / e["n"],
-                             "loss_d": sum(e["loss_d"]) / len(e["loss_d"]),
-                             "loss_g": sum(e["loss_g"]) / len(e["loss_g"]) if e["loss_g"] else float("nan")}
+                closed[t] = {
+                    "acc_real": e["real_right"] / e["n"],
+                    "acc_fake": e["fake_right"] / e["n"],
+                    "loss_d": sum(e["loss_d"]) / len(e["loss_d"]),
+                    "loss_g": sum(e["loss_g"]) / len(e["loss_g"]) if e["loss_g"] else float("nan"),
+                }
         self._current = {}
         self._steps.append(closed)
         verdict, line = self._verdict(step)
@@ -99,9 +103,12 @@ class Diagnostics:
             "window_steps": len(self._steps),
             "loss": self.loss,
             "chance_loss_d": CHANCE_LOSS[self.loss],
-            "per_timestep": {str(t): {k: round(v, 4) for k, v in row.items()} for t, row in self.per_timestep().items()},
-            "refreshed_head_age": ({"mean": round(sum(ages) / len(ages), 1), "min": min(ages), "max": max(ages)}
-                                   if ages else None),
+            "per_timestep": {
+                str(t): {k: round(v, 4) for k, v in row.items()} for t, row in self.per_timestep().items()
+            },
+            "refreshed_head_age": (
+                {"mean": round(sum(ages) / len(ages), 1), "min": min(ages), "max": max(ages)} if ages else None
+            ),
             "state": self.state,
             "alarms": self.alarms,
         }
@@ -119,15 +126,19 @@ class Diagnostics:
         best_t = max(rows, key=lambda t: rows[t]["acc"])
         best = rows[best_t]
         if best["acc"] <= STALLED_ACCURACY and best["loss_d"] >= CHANCE_LOSS[self.loss] - 0.1:
-            return "stalled", (f"step {step}: the discriminator is not learning: even at t*={best_t} its heads are "
-                               f"right on {best['acc']:.0%} of real/fake (chance 50%), loss {best['loss_d']:.2f} "
-                               f"(chance {CHANCE_LOSS[self.loss]:.2f}) over the last {len(self._steps)} steps; "
-                               "try a larger lr_heads, a wider head_width or a lower refresh_rate")
+            return "stalled", (
+                f"step {step}: the discriminator is not learning: even at t*={best_t} its heads are "
+                f"right on {best['acc']:.0%} of real/fake (chance 50%), loss {best['loss_d']:.2f} "
+                f"(chance {CHANCE_LOSS[self.loss]:.2f}) over the last {len(self._steps)} steps; "
+                "try a larger lr_heads, a wider head_width or a lower refresh_rate"
+            )
         worst_t = min(rows, key=lambda t: min(rows[t]["acc_real"], rows[t]["acc_fake"]))
         worst = rows[worst_t]
         if min(worst["acc_real"], worst["acc_fake"]) >= WON_ACCURACY:
-            return "won", (f"step {step}: the discriminator has won outright: even at t*={worst_t} its heads are "
-                           f"right on {worst['acc_real']:.0%} of real and {worst['acc_fake']:.0%} of fake over the "
-                           f"last {len(self._steps)} steps, so the student's gradients carry little; try a smaller "
-                           "lr_heads or a higher refresh_rate")
+            return "won", (
+                f"step {step}: the discriminator has won outright: even at t*={worst_t} its heads are "
+                f"right on {worst['acc_real']:.0%} of real and {worst['acc_fake']:.0%} of fake over the "
+                f"last {len(self._steps)} steps, so the student's gradients carry little; try a smaller "
+                "lr_heads or a higher refresh_rate"
+            )
         return "ok", None

@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from nitro_edge.training.config import TASKS
+from torch import nn
 
 
 class Head(nn.Module):
@@ -24,7 +23,11 @@ class Head(nn.Module):
         super().__init__()
         layers, ch = [], in_channels
         while True:
-            layers += [nn.Conv2d(ch, width, 4, stride=2, padding=1), nn.GroupNorm(math.gcd(groups, width), width), nn.SiLU()]
+            layers += [
+                nn.Conv2d(ch, width, 4, stride=2, padding=1),
+                nn.GroupNorm(math.gcd(groups, width), width),
+                nn.SiLU(),
+            ]
             ch, size = width, max(1, size // 2)
             if size <= min_size:
                 break
@@ -50,8 +53,16 @@ class Slot:
 class HeadPool(nn.Module):
     """All heads, indexed by slot; `select` and `refresh` draw from a generator shared by all ranks."""
 
-    def __init__(self, channels: list[int], sizes: list[int], timesteps: tuple[int, ...], pool_size: int,
-                 width: int = 64, local_fraction: float = 0.5, tasks: tuple[str, ...] = TASKS):
+    def __init__(
+        self,
+        channels: list[int],
+        sizes: list[int],
+        timesteps: tuple[int, ...],
+        pool_size: int,
+        width: int = 64,
+        local_fraction: float = 0.5,
+        tasks: tuple[str, ...] = TASKS,
+    ):
         super().__init__()
         self.timesteps, self.levels, self.tasks = tuple(timesteps), len(channels), tuple(tasks)
         n_slots = len(timesteps) * len(self.tasks) * self.levels
@@ -72,8 +83,12 @@ class HeadPool(nn.Module):
 
     def index(self, timestep: int, task: str, level: int, candidate: int) -> int:
         per_t = len(self.tasks) * self.levels * self.candidates
-        return (self.timesteps.index(timestep) * per_t + self.tasks.index(task) * self.levels * self.candidates
-                + level * self.candidates + candidate)
+        return (
+            self.timesteps.index(timestep) * per_t
+            + self.tasks.index(task) * self.levels * self.candidates
+            + level * self.candidates
+            + candidate
+        )
 
     def select_all(self, generator: torch.Generator, batch: int) -> tuple[list[int], dict[int, dict[str, list[int]]]]:
         """A discriminator timestep per sample (balanced over the timesteps, random order) and, for
@@ -82,11 +97,14 @@ class HeadPool(nn.Module):
         per_sample = [self.timesteps[order[i % len(order)]] for i in range(batch)]
         picks = {}
         for t in self.timesteps:
-            cands = {task: torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
-                     for task in self.tasks}
+            cands = {
+                task: torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
+                for task in self.tasks
+            }
             if t in per_sample:
-                picks[t] = {task: [self.index(t, task, level, c) for level, c in enumerate(cands[task])]
-                            for task in self.tasks}
+                picks[t] = {
+                    task: [self.index(t, task, level, c) for level, c in enumerate(cands[task])] for task in self.tasks
+                }
         return per_sample, picks
 
     def refresh(self, fraction: float, generator: torch.Generator) -> list[int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nitro_edge.training.config import TrainConfig
+
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.sources import resolve_source
-from nitro_edge.training.config import TrainConfig
 
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
@@ -20,26 +21,39 @@ def plan(cfg: TrainConfig) -> dict:
     accelerate = require("accelerate", "train")
     diffusers = require("diffusers", "torch")
     transformers = require("transformers", "torch")
-    from nitro_edge.models.loading import size_multiple
     from nitro_edge.training.backbone import EncoderBackbone
     from nitro_edge.training.heads import HeadPool
+
+    from nitro_edge.models.loading import size_multiple
 
     source = resolve_source(cfg.teacher, shift=cfg.shift)
     root = Path(cfg.teacher)
     with accelerate.init_empty_weights():
         unet = diffusers.UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
-        encoders = [transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(root / n)))
-                    for n in ("text_encoder", "text_encoder_2") if (root / n).is_dir()]
+        encoders = [
+            transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(root / n)))
+            for n in ("text_encoder", "text_encoder_2")
+            if (root / n).is_dir()
+        ]
         vae = diffusers.AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text()))
         backbone = EncoderBackbone(unet)
         vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         multiple = size_multiple(unet.config, vae_scale)
         if cfg.resolution % multiple:
-            raise InputError(f"resolution must be a multiple of {multiple} for this teacher (or 0 for its own), "
-                             f"got {cfg.resolution}")
+            raise InputError(
+                f"resolution must be a multiple of {multiple} for this teacher (or 0 for its own), got {cfg.resolution}"
+            )
         latent = (cfg.resolution or unet.config.sample_size * vae_scale) // vae_scale
         sizes = [max(1, latent // s) for s in backbone.strides]
-        pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size, cfg.head_width, cfg.local_fraction, tuple(cfg.tasks))
+        pool = HeadPool(
+            backbone.channels,
+            sizes,
+            tuple(cfg.disc_timesteps),
+            cfg.pool_size,
+            cfg.head_width,
+            cfg.local_fraction,
+            tuple(cfg.tasks),
+        )
     unet_params = sum(p.numel() for p in unet.parameters())
     text_params = sum(p.numel() for enc in encoders for p in enc.parameters())
     vae_params = sum(p.numel() for p in vae.parameters())
@@ -72,10 +86,10 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     """Fill cfg.teacher_cache with `total` (noise, x0, conditioning) samples; sample i uses prompt
     i mod len(prompts) and noise seeded by i, so the cache is the same however it is resumed."""
     import torch
-
-    from nitro_edge.models.loading import load_modules
     from nitro_edge.training.data import PromptSampler, read_prompts
     from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler
+
+    from nitro_edge.models.loading import load_modules
 
     if not cfg.teacher_cache:
         raise InputError("precompute needs teacher_cache (--set teacher_cache=FOLDER)")
@@ -84,8 +98,9 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     dims, tokenizers, modules = load_modules(source, res, res)
     encoders = [modules[n] for n in ("text_encoder", "text_encoder_2") if n in modules]
     conditioner = Conditioner(tokenizers, encoders, dims)
-    teacher = TeacherSampler(modules["generator"].unet, source.path, cfg.teacher_steps, cfg.teacher_guidance,
-                             cfg.teacher_scheduler)
+    teacher = TeacherSampler(
+        modules["generator"].unet, source.path, cfg.teacher_steps, cfg.teacher_guidance, cfg.teacher_scheduler
+    )
     prompts = PromptSampler(read_prompts(cfg.prompts), cfg.seed)
     empty = conditioner([""], "cpu")
 

@@ -14,8 +14,15 @@ def steps_for(step: int, refine_starts: list[int], generator: torch.Generator) -
     return int(torch.randint(1, k + 1, (1,), generator=generator))
 
 
-def student_sample(student, noise: torch.Tensor, cond: dict, params: SamplerParams, k: int,
-                   alphas: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def student_sample(
+    student,
+    noise: torch.Tensor,
+    cond: dict,
+    params: SamplerParams,
+    k: int,
+    alphas: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """x̂0 after k steps; gradients flow through the last step only (the earlier ones are inputs)."""
     gen_t = params.generator_timesteps(k)
     lcm_t = params.lcm_timesteps(k)

@@ -79,7 +79,9 @@ class TeacherCache:
         self.folder = Path(folder)
         index_path = self.folder / "index.json"
         if not index_path.is_file():
-            raise InputError(f"teacher cache {self.folder} has no index.json; build it with `nitro-edge train --precompute`")
+            raise InputError(
+                f"teacher cache {self.folder} has no index.json; build it with `nitro-edge train --precompute`"
+            )
         self.index = json.loads(index_path.read_text())
         self._loaded: tuple[int, dict] | None = None
 

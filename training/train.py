@@ -21,12 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from nitro_edge._lazy import require
-from nitro_edge.models.loading import load_modules, load_unet
-from nitro_edge.models.wrappers import Generator
-from nitro_edge.sources import Source, resolve_source
-from nitro_edge.specs import ModelDims
 from nitro_edge.training import checkpoint
 from nitro_edge.training.backbone import EncoderBackbone
 from nitro_edge.training.config import TrainConfig
@@ -37,6 +31,12 @@ from nitro_edge.training.heads import HeadPool, reset_optimizer_state
 from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
+
+from nitro_edge._lazy import require
+from nitro_edge.models.loading import load_modules, load_unet
+from nitro_edge.models.wrappers import Generator
+from nitro_edge.sources import Source, resolve_source
+from nitro_edge.specs import ModelDims
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_BETAS = (0.9, 0.999)  # plain regression: the usual Adam moments (the adversarial stage uses adam_betas)
@@ -60,10 +60,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 _stage(run, "first")
                 for micro in range(cfg.gradient_accumulation):
                     with _no_sync(run, micro == cfg.gradient_accumulation - 1):
-                        loss = regression_step(run, data_batch(run, step * cfg.gradient_accumulation + micro, gen),
-                                               gen, stats, cfg.gradient_accumulation)
+                        loss = regression_step(
+                            run,
+                            data_batch(run, step * cfg.gradient_accumulation + micro, gen),
+                            gen,
+                            stats,
+                            cfg.gradient_accumulation,
+                        )
                 update(run, {}, stats)
-                stats["images_per_s"] = cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+                stats["images_per_s"] = (
+                    cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+                )
                 record(run, step + 1, stats, bar, loss)
                 continue
             _stage(run, "adversarial")
@@ -78,8 +85,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 # from the shared generator, since DDP needs the same forwards on every rank.
                 k = steps_for(step, cfg.refine_starts, shared)
                 with _no_sync(run, sync), run.acc.autocast():
-                    fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas,
-                                          gen).float()
+                    fake = student_sample(
+                        run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen
+                    ).float()
                 # 3. Discriminator: real and fake noised to each sample's t* with the same noise.
                 view = Judging.draw(run, batch, t_per_sample, gen)
                 discriminator_phase(run, batch, fake, view, picks, stats, gen)
@@ -91,7 +99,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             # 6. Refresh: re-initialise ~1% of the pool with fresh optimiser state (same on all ranks).
             refresh(run, shared)
             done = step + 1
-            stats["images_per_s"] = cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+            stats["images_per_s"] = (
+                cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
+            )
             stats["student_steps"] = k
             alarm = run.diagnostics.end_step(done)
             if alarm and run.acc.is_main_process:
@@ -110,6 +120,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- setup
+
 
 @dataclass
 class Run:
@@ -173,8 +184,11 @@ def setup(cfg: TrainConfig) -> Run:
     cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
 
     # The student: the teacher's UNet (or a given one) with the shifted x0 step on top.
-    student_unet = (copy.deepcopy(modules["generator"].unet) if not cfg.student_unet else
-                    load_unet(resolve_source(cfg.teacher, unet=cfg.student_unet)))
+    student_unet = (
+        copy.deepcopy(modules["generator"].unet)
+        if not cfg.student_unet
+        else load_unet(resolve_source(cfg.teacher, unet=cfg.student_unet))
+    )
     _place(student_unet, device, torch.float32).train().requires_grad_(True)
     if cfg.gradient_checkpointing:
         student_unet.enable_gradient_checkpointing()
@@ -187,8 +201,15 @@ def setup(cfg: TrainConfig) -> Run:
     sizes = [max(1, dims.latent_shape[1] // s) for s in backbone.strides]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        pool = HeadPool(backbone.channels, sizes, tuple(cfg.disc_timesteps), cfg.pool_size,
-                        cfg.head_width, cfg.local_fraction, tuple(cfg.tasks)).to(device)
+        pool = HeadPool(
+            backbone.channels,
+            sizes,
+            tuple(cfg.disc_timesteps),
+            cfg.pool_size,
+            cfg.head_width,
+            cfg.local_fraction,
+            tuple(cfg.tasks),
+        ).to(device)
     betas = tuple(cfg.adam_betas)
     opt_g = torch.optim.AdamW(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(pool.parameters(), lr=cfg.lr_heads, betas=betas, weight_decay=cfg.weight_decay)
@@ -201,13 +222,32 @@ def setup(cfg: TrainConfig) -> Run:
     # With a cache, the data are its samples: draw a per-epoch permutation of them instead.
     order = PromptSampler([""] * len(cache), cfg.seed) if cache is not None else prompts
     out = Path(cfg.output)
-    return Run(cfg=cfg, acc=acc, out=out, weight_dtype=weight_dtype, source=source, dims=dims,
-               conditioner=conditioner, teacher=teacher, cache=cache, backbone=backbone,
-               vae_decoder=modules["vae_decoder"], student_unet=student_unet, student=student,
-               alphas=torch.from_numpy(source.params.schedule.alphas_cumprod()).to(device), pool=pool,
-               ages=torch.zeros(len(pool), dtype=torch.int64), opt_g=opt_g, opt_d=opt_d, ema=ema,
-               prompts=prompts, order=order, empty=conditioner([""], device), writer=_writer(out, acc),
-               diagnostics=Diagnostics(tuple(cfg.disc_timesteps), cfg.loss, cfg.diagnostics_window))
+    return Run(
+        cfg=cfg,
+        acc=acc,
+        out=out,
+        weight_dtype=weight_dtype,
+        source=source,
+        dims=dims,
+        conditioner=conditioner,
+        teacher=teacher,
+        cache=cache,
+        backbone=backbone,
+        vae_decoder=modules["vae_decoder"],
+        student_unet=student_unet,
+        student=student,
+        alphas=torch.from_numpy(source.params.schedule.alphas_cumprod()).to(device),
+        pool=pool,
+        ages=torch.zeros(len(pool), dtype=torch.int64),
+        opt_g=opt_g,
+        opt_d=opt_d,
+        ema=ema,
+        prompts=prompts,
+        order=order,
+        empty=conditioner([""], device),
+        writer=_writer(out, acc),
+        diagnostics=Diagnostics(tuple(cfg.disc_timesteps), cfg.loss, cfg.diagnostics_window),
+    )
 
 
 def resume(run: Run) -> int:
@@ -226,6 +266,7 @@ def resume(run: Run) -> int:
 
 
 # ---------------------------------------------------------------- one iteration's phases
+
 
 @dataclass
 class Batch:
@@ -264,15 +305,16 @@ class Judging:
     corner: tuple[float, float]
 
     @classmethod
-    def draw(cls, run: Run, batch: Batch, t_per_sample: list[int], gen: torch.Generator) -> "Judging":
+    def draw(cls, run: Run, batch: Batch, t_per_sample: list[int], gen: torch.Generator) -> Judging:
         eps = torch.randn(batch.noise.shape, generator=gen).to(run.device)
         corner = crop_window(run.cfg.local_fraction, gen)
-        t_batch = torch.tensor(t_per_sample[:len(batch.noise)], dtype=torch.int64, device=run.device)
+        t_batch = torch.tensor(t_per_sample[: len(batch.noise)], dtype=torch.int64, device=run.device)
         return cls(t_batch, eps, corner)
 
 
-def discriminator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict, stats: dict,
-                        gen: torch.Generator) -> torch.Tensor:
+def discriminator_phase(
+    run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict, stats: dict, gen: torch.Generator
+) -> torch.Tensor:
     """The heads learn to tell noised real from noised fake; features without grad (the backbone
     is frozen and the heads read detached maps). Returns the loss it back-propagated."""
     cfg, pool = run.cfg, run.pool
@@ -280,26 +322,31 @@ def discriminator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judgin
         noisy_real = add_noise(batch.real, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
         noisy_fake = add_noise(fake.detach(), view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
         conds = _conds(pool, batch.cond, batch.uncond)
-        seen = {side: {c: run.backbone(x, view.t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
-                for side, x in (("real", noisy_real), ("fake", noisy_fake))}
+        seen = {
+            side: {c: run.backbone(x, view.t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
+            for side, x in (("real", noisy_real), ("fake", noisy_fake))
+        }
         if cfg.r1_weight > 0:
             perturbed = noisy_real + cfg.r1_sigma * torch.randn(batch.noise.shape, generator=gen).to(run.device)
-            seen["perturbed"] = {"cond": run.backbone(perturbed.to(run.weight_dtype), view.t_batch,
-                                                      **unet_kwargs(batch.cond))}
+            seen["perturbed"] = {
+                "cond": run.backbone(perturbed.to(run.weight_dtype), view.t_batch, **unet_kwargs(batch.cond))
+            }
     with run.acc.autocast():
         real_logits = _judge(pool, picks, view, seen["real"], cfg.local_fraction)
         fake_logits = _judge(pool, picks, view, seen["fake"], cfg.local_fraction)
         if cfg.r1_weight > 0:
-            global_only = {t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items()
-                           if "global_cond" in by_task}
+            global_only = {
+                t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items() if "global_cond" in by_task
+            }
             pert_logits = _judge(pool, global_only, view, seen["perturbed"], cfg.local_fraction)
         d_loss = 0.0
         for key in real_logits:
             pairs = list(zip(real_logits[key], fake_logits[key]))
             loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in pairs) / len(pairs)
             if cfg.r1_weight > 0 and key in pert_logits:
-                loss = loss + cfg.r1_weight * sum(approximate_r1(r, q) for r, q in
-                                                  zip(real_logits[key], pert_logits[key])) / len(pairs)
+                loss = loss + cfg.r1_weight * sum(
+                    approximate_r1(r, q) for r, q in zip(real_logits[key], pert_logits[key])
+                ) / len(pairs)
             stats[f"loss_d/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
             run.diagnostics.observe_discriminator(key[0], real_logits[key], fake_logits[key], float(loss.detach()))
             d_loss = d_loss + loss / len(real_logits)
@@ -307,16 +354,19 @@ def discriminator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judgin
     return d_loss
 
 
-def generator_phase(run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict,
-                    stats: dict) -> torch.Tensor:
+def generator_phase(
+    run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict, stats: dict
+) -> torch.Tensor:
     """The student learns to fool the same heads, frozen; adversarial loss only, as the paper
     prescribes. Returns the loss it back-propagated."""
     cfg, pool = run.cfg, run.pool
     pool.requires_grad_(False)
     with run.acc.autocast():
         noisy = add_noise(fake, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
-        feats = {c: run.backbone(noisy, view.t_batch, **unet_kwargs(cd))
-                 for c, cd in _conds(pool, batch.cond, batch.uncond).items()}
+        feats = {
+            c: run.backbone(noisy, view.t_batch, **unet_kwargs(cd))
+            for c, cd in _conds(pool, batch.cond, batch.uncond).items()
+        }
         logits = _judge(pool, picks, view, feats, cfg.local_fraction)
         g_loss = 0.0
         for key, maps in logits.items():
@@ -340,8 +390,9 @@ def update(run: Run, picks: dict, stats: dict) -> None:
                     p.grad = run.acc.reduce(p.grad, reduction="mean")
     stats["grad_norm/student"] = float(run.acc.clip_grad_norm_(run.student_unet.parameters(), float("inf")))
     if active:
-        stats["grad_norm/heads"] = float(torch.nn.utils.clip_grad_norm_(
-            [p for i in active for p in run.pool.heads[i].parameters()], float("inf")))
+        stats["grad_norm/heads"] = float(
+            torch.nn.utils.clip_grad_norm_([p for i in active for p in run.pool.heads[i].parameters()], float("inf"))
+        )
     run.opt_d.step()
     run.opt_g.step()
     run.opt_d.zero_grad(set_to_none=True)
@@ -374,8 +425,12 @@ def record(run: Run, done: int, stats: dict, bar, g_loss: torch.Tensor) -> None:
         else:
             rows = run.diagnostics.per_timestep()
             acc = np.mean([r["acc"] for r in rows.values()]) if rows else float("nan")
-            bar.set_postfix(d=f"{np.mean([v for k, v in stats.items() if k.startswith('loss_d/')]):.3f}",
-                            g=f"{float(g_loss.detach()):.3f}", d_acc=f"{acc:.2f}", k=stats["student_steps"])
+            bar.set_postfix(
+                d=f"{np.mean([v for k, v in stats.items() if k.startswith('loss_d/')]):.3f}",
+                g=f"{float(g_loss.detach()):.3f}",
+                d_acc=f"{acc:.2f}",
+                k=stats["student_steps"],
+            )
         bar.update(1)
     if done % cfg.sample_every == 0 or done == cfg.max_steps:
         _sample_grid(run, done)
@@ -383,8 +438,19 @@ def record(run: Run, done: int, stats: dict, bar, g_loss: torch.Tensor) -> None:
         _check_ranks_agree(run.acc, run.student_unet, run.pool)
         if run.acc.is_main_process:
             summary = json.dumps(run.diagnostics.summary(done), indent=2)
-            checkpoint.save(run.out / "checkpoints", done, run.student_unet, run.ema, run.pool, run.opt_g, run.opt_d,
-                            run.ages, cfg.to_dict(), cfg.keep_checkpoints, extra={"diagnostics.json": summary})
+            checkpoint.save(
+                run.out / "checkpoints",
+                done,
+                run.student_unet,
+                run.ema,
+                run.pool,
+                run.opt_g,
+                run.opt_d,
+                run.ages,
+                cfg.to_dict(),
+                cfg.keep_checkpoints,
+                extra={"diagnostics.json": summary},
+            )
             run.diagnostics.write(run.out / "diagnostics.json", done)
 
 
@@ -401,6 +467,7 @@ def finish(run: Run) -> Path:
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _check_ranks_agree(acc, student_unet, pool) -> None:
     """Every rank must hold the same student and heads; a divergence is a bug, so stop loudly."""
@@ -471,8 +538,10 @@ def _judge(pool, picks, view: Judging, features, fraction) -> dict:
         for task, ids in by_task.items():
             maps = features[_cond(task)]
             local = task != "global_cond"
-            out[(t, task)] = [pool.heads[i](crop(maps[level][rows], fraction, view.corner) if local else maps[level][rows])
-                              for level, i in enumerate(ids)]
+            out[(t, task)] = [
+                pool.heads[i](crop(maps[level][rows], fraction, view.corner) if local else maps[level][rows])
+                for level, i in enumerate(ids)
+            ]
     return out
 
 
@@ -519,7 +588,8 @@ def _sample_grid(run: Run, step: int) -> None:
     row = torch.cat(list(images), dim=2)
     (run.out / "samples").mkdir(parents=True, exist_ok=True)
     Image.fromarray((row.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-        run.out / "samples" / f"step_{step:08d}.png")
+        run.out / "samples" / f"step_{step:08d}.png"
+    )
     if run.writer is not None:
         run.writer.add_image("samples/ema_1step", row, step)
 
@@ -534,8 +604,13 @@ def write_student_pipeline(teacher: Path, dest: Path, unet, ema, shift: int) -> 
         unet.save_pretrained(str(tmp / "unet"))
     sched = json.loads((teacher / "scheduler" / "scheduler_config.json").read_text())
     keep = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
-    config = {"_class_name": "LCMScheduler", **{k: sched[k] for k in keep if k in sched},
-              "original_inference_steps": 4, "shifted_timestep": int(shift), "timestep_scaling": 10.0}
+    config = {
+        "_class_name": "LCMScheduler",
+        **{k: sched[k] for k in keep if k in sched},
+        "original_inference_steps": 4,
+        "shifted_timestep": int(shift),
+        "timestep_scaling": 10.0,
+    }
     (tmp / "scheduler").mkdir()
     (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2))
     index = json.loads((tmp / "model_index.json").read_text())

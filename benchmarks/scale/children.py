@@ -32,6 +32,7 @@ def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
             out = fn(*args, **kwargs)
             timings.setdefault(name, []).append(time.perf_counter() - start)
             return out
+
         return call
 
     # Instance attributes on this one pipeline's modules, to time each part; nothing is patched globally.
@@ -54,21 +55,32 @@ def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = 
             for v in (timings or {}).values():
                 v.clear()  # keep the warm runs' component times only
         start = time.perf_counter()
-        pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
-             generator=torch.Generator().manual_seed(i))
+        pipe(
+            PROMPT,
+            num_inference_steps=1,
+            guidance_scale=0.0,
+            height=size,
+            width=size,
+            generator=torch.Generator().manual_seed(i),
+        )
         times.append(time.perf_counter() - start)
         if i == 0:
             cold = time.perf_counter() - t0
-    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]),
-            "components_s": {k: _stats(v) for k, v in (timings or {}).items()}}
+    return {
+        "cold_start_s": cold,
+        "end_to_end_s": _stats(times[1:]),
+        "components_s": {k: _stats(v) for k, v in (timings or {}).items()},
+    }
 
 
 def _optimum_class(kind: str, model: str):
     xl = "XL" if model == "sdxl" else ""
     if kind == "ort":
         import optimum.onnxruntime as module
+
         return getattr(module, f"ORTStableDiffusion{xl}Pipeline")
     import optimum.intel as module
+
     return getattr(module, f"OVStableDiffusion{xl}Pipeline")
 
 
@@ -92,13 +104,23 @@ def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, 
     return _run_pipeline(pipe, runs, size, t0)
 
 
-def child_export(source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict,
-                 size: int) -> dict:
+def child_export(
+    source: str, bundle: str, targets: list, precision: str, tiny: str | None, options: dict, size: int
+) -> dict:
     from nitro_edge.export import export_bundle
 
     t0 = time.perf_counter()
-    export_bundle(source, bundle, targets=targets, precision=precision, tiny_vae=tiny, options=options,
-                  height=size, width=size, report=lambda m: print(m, file=sys.stderr, flush=True))
+    export_bundle(
+        source,
+        bundle,
+        targets=targets,
+        precision=precision,
+        tiny_vae=tiny,
+        options=options,
+        height=size,
+        width=size,
+        report=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     parity = {k: v.get("end_to_end_psnr_db") for k, v in manifest["parity"].items()}
     return {"export_s": time.perf_counter() - t0, "parity_psnr_db": parity}
@@ -108,8 +130,12 @@ def child_bench(bundle: str, backend: str, precision: str, runs: int, options: d
     from nitro_edge.bench import measure
 
     r = measure(bundle, backend, precision, runs, 1, options)
-    return {"cold_start_s": r["cold_start_s"], "end_to_end_s": r["end_to_end_s"],
-            "components_s": r["components_s"], "size_gib": r["size_mib"] / 1024}
+    return {
+        "cold_start_s": r["cold_start_s"],
+        "end_to_end_s": r["end_to_end_s"],
+        "components_s": r["components_s"],
+        "size_gib": r["size_mib"] / 1024,
+    }
 
 
 def child_bf16_parity(bundle: str, precision: str) -> dict:
@@ -124,8 +150,10 @@ class ChildFailed(RuntimeError):
     pass
 
 
-CHILDREN = {f.__name__: f for f in (child_diffusers, child_optimum_export, child_optimum_run, child_export,
-                                     child_bench, child_bf16_parity)}
+CHILDREN = {
+    f.__name__: f
+    for f in (child_diffusers, child_optimum_export, child_optimum_run, child_export, child_bench, child_bf16_parity)
+}
 
 
 def in_child(name: str, *args) -> dict:

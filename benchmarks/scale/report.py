@@ -20,8 +20,22 @@ def _f(value, fmt: str = "{:.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-COLUMNS = ["pipeline", "decoder", "end-to-end s", "× diffusers speed", "text s", "generator s", "decoder s",
-           "cold start s", "peak RSS GiB", "RSS / diffusers", "size GiB", "export s", "export peak RSS GiB", "parity dB"]
+COLUMNS = [
+    "pipeline",
+    "decoder",
+    "end-to-end s",
+    "× diffusers speed",
+    "text s",
+    "generator s",
+    "decoder s",
+    "cold start s",
+    "peak RSS GiB",
+    "RSS / diffusers",
+    "size GiB",
+    "export s",
+    "export peak RSS GiB",
+    "parity dB",
+]
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -33,8 +47,22 @@ def table(rows: list[dict]) -> list[str]:
         if "failed" in r:
             cells.append([r["label"], r["decoder"], r["failed"]])
         elif "not_run" in r:  # exported only
-            cells.append([r["label"], r["decoder"], f"not run: {r['not_run']}", "", "", "", "", "", "", "",
-                          *export, "spec checked"])
+            cells.append(
+                [
+                    r["label"],
+                    r["decoder"],
+                    f"not run: {r['not_run']}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    *export,
+                    "spec checked",
+                ]
+            )
         else:
             comps = r.get("components_s") or {}
             text = sum(comps[k]["median"] for k in comps if k.startswith("text_encoder")) if comps else None
@@ -43,10 +71,22 @@ def table(rows: list[dict]) -> list[str]:
             if bf16 is not None:  # a number, or why it could not be measured
                 parity += f"; bf16 vs f32: {bf16:.1f}" if isinstance(bf16, float) else f"; bf16 vs f32: {bf16}"
             e2e = r["end_to_end_s"]["median"]
-            cells.append([r["label"], r["decoder"], f"{e2e:.2f}", f"{base['end_to_end_s']['median'] / e2e:.2f}", _f(text),
-                          _f(comps.get("generator", {}).get("median")), _f(comps.get("vae_decoder", {}).get("median")),
-                          f"{r['cold_start_s']:.1f}", f"{r['peak_rss_gib']:.2f}",
-                          f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f}", *export, parity])
+            cells.append(
+                [
+                    r["label"],
+                    r["decoder"],
+                    f"{e2e:.2f}",
+                    f"{base['end_to_end_s']['median'] / e2e:.2f}",
+                    _f(text),
+                    _f(comps.get("generator", {}).get("median")),
+                    _f(comps.get("vae_decoder", {}).get("median")),
+                    f"{r['cold_start_s']:.1f}",
+                    f"{r['peak_rss_gib']:.2f}",
+                    f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f}",
+                    *export,
+                    parity,
+                ]
+            )
     title = f"### {base['model']} ({base['size']}², 1 step, median of {base['runs']} warm runs)"
     return [title, "", *markdown(COLUMNS, cells)]
 
@@ -59,12 +99,14 @@ def chart(all_rows: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(all_rows), figsize=(6.5 * len(all_rows), 5.5), squeeze=False)
-    for ax, (model, rows) in zip(axes[0], all_rows.items()):
+    for ax, rows in zip(axes[0], all_rows.values()):
         rows = [r for r in rows if "failed" not in r and "not_run" not in r]
         labels = [f"{r['label'].replace('nitro-edge ', 'ne ')}\n{r['decoder']}" for r in rows]
         med = [r["end_to_end_s"]["median"] for r in rows]
-        colors = ["#999999" if r["id"] == "diffusers" else "#dd8452" if r["id"].startswith("optimum") else "#4c72b0"
-                  for r in rows]
+        colors = [
+            "#999999" if r["id"] == "diffusers" else "#dd8452" if r["id"].startswith("optimum") else "#4c72b0"
+            for r in rows
+        ]
         ax.barh(labels[::-1], med[::-1], color=colors[::-1])
         ax.set_xlabel("end-to-end latency, s (median)")
         ax.set_title(f"{rows[0]['model']}, {rows[0]['size']}², 1 step")
@@ -101,8 +143,12 @@ def unet_flops(source: Path) -> float:
     if unet.config.addition_embed_type == "text_time":
         added = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(torch.randn(1, 4, latent, latent), torch.tensor([999]),
-             torch.randn(1, 77, unet.config.cross_attention_dim), added_cond_kwargs=added)
+        unet(
+            torch.randn(1, 4, latent, latent),
+            torch.tensor([999]),
+            torch.randn(1, 77, unet.config.cross_attention_dim),
+            added_cond_kwargs=added,
+        )
     return float(counter.get_total_flops())
 
 

@@ -21,8 +21,9 @@ class Export:
     runtime: str = ""  # optimum: "ort" or "openvino"
 
     def key(self) -> str:
-        return json.dumps([self.kind, self.precision, self.decoder, list(self.targets), self.options, self.runtime],
-                          sort_keys=True)
+        return json.dumps(
+            [self.kind, self.precision, self.decoder, list(self.targets), self.options, self.runtime], sort_keys=True
+        )
 
     def folder_name(self, size: int) -> str:
         if self.kind == "optimum":
@@ -43,7 +44,9 @@ class Run:
     @property
     def device_default(self) -> bool:
         """An OpenVINO run at the plugin's default precision (bf16 on CPUs that have it)."""
-        return self.kind == "nitro" and self.backend == "openvino" and self.options.get("inference_precision", "") is None
+        return (
+            self.kind == "nitro" and self.backend == "openvino" and self.options.get("inference_precision", "") is None
+        )
 
 
 @dataclass(frozen=True)
@@ -62,36 +65,89 @@ def plan(model: str, optimum: bool) -> list[Row]:
         ort, ov = Export("optimum", runtime="ort"), Export("optimum", runtime="openvino")
         rows += [
             Row("optimum-ort", "optimum onnxruntime fp32", "full VAE", ort, Run("optimum", "ort")),
-            Row("optimum-ov-f32", "optimum openvino fp32 (f32 hint)", "full VAE", ov, Run("optimum", "openvino", options=OV_F32)),
-            Row("optimum-ov-default", "optimum openvino fp32 (plugin default: bf16 here)", "full VAE", ov,
-                Run("optimum", "openvino")),
+            Row(
+                "optimum-ov-f32",
+                "optimum openvino fp32 (f32 hint)",
+                "full VAE",
+                ov,
+                Run("optimum", "openvino", options=OV_F32),
+            ),
+            Row(
+                "optimum-ov-default",
+                "optimum openvino fp32 (plugin default: bf16 here)",
+                "full VAE",
+                ov,
+                Run("optimum", "openvino"),
+            ),
         ]
     for decoder in ("full", "tiny") if model in ("sd15", "sd21") else ("full",):
         label = "full VAE" if decoder == "full" else "tiny decoder"
         for target in ("onnx", "openvino"):
             # sdxl: one target per bundle, deleted after use (disk); the others hold both.
             bundle = Export("nitro", "fp32", decoder, (target,) if model == "sdxl" else ("onnx", "openvino"))
-            rows.append(Row(f"nitro-{target}-fp32-{decoder}",
-                            f"nitro-edge {target} fp32" + (" (f32 hint)" if target == "openvino" else ""), label,
-                            bundle, Run("nitro", target, "fp32")))
+            rows.append(
+                Row(
+                    f"nitro-{target}-fp32-{decoder}",
+                    f"nitro-edge {target} fp32" + (" (f32 hint)" if target == "openvino" else ""),
+                    label,
+                    bundle,
+                    Run("nitro", target, "fp32"),
+                )
+            )
             if decoder == "full" and target == "openvino":
-                rows.append(Row("nitro-openvino-fp32-full-default", "nitro-edge openvino fp32 (plugin default: bf16 here)",
-                                label, bundle, Run("nitro", "openvino", "fp32", {"inference_precision": None})))
+                rows.append(
+                    Row(
+                        "nitro-openvino-fp32-full-default",
+                        "nitro-edge openvino fp32 (plugin default: bf16 here)",
+                        label,
+                        bundle,
+                        Run("nitro", "openvino", "fp32", {"inference_precision": None}),
+                    )
+                )
     # int8 bundles run at OpenVINO's device-default precision (bf16 here), as the runtime does for int8.
-    int8 = [("int8", "full")] + ([("int8-hybrid", "full"), ("int8-hybrid", "tiny")] if model == "sd15" else
-                                 [("int8", "tiny")] if model == "sdxl" else [])
+    int8 = [("int8", "full")] + (
+        [("int8-hybrid", "full"), ("int8-hybrid", "tiny")]
+        if model == "sd15"
+        else [("int8", "tiny")]
+        if model == "sdxl"
+        else []
+    )
     for precision, decoder in int8:
-        rows.append(Row(f"nitro-openvino-{precision}-{decoder}", f"nitro-edge openvino {precision}",
-                        "full VAE" if decoder == "full" else "tiny decoder",
-                        Export("nitro", precision, decoder, ("openvino",)), Run("nitro", "openvino", precision)))
+        rows.append(
+            Row(
+                f"nitro-openvino-{precision}-{decoder}",
+                f"nitro-edge openvino {precision}",
+                "full VAE" if decoder == "full" else "tiny decoder",
+                Export("nitro", precision, decoder, ("openvino",)),
+                Run("nitro", "openvino", precision),
+            )
+        )
     if model == "sd15":  # the other precisions of the ONNX and OpenVINO targets (fp16 computes in f32 on CPUs)
-        rows += [Row(f"nitro-{target}-{precision}-full", f"nitro-edge {target} {precision}", "full VAE",
-                     Export("nitro", precision, "full", targets), Run("nitro", target, precision))
-                 for precision, targets in (("fp16", ("onnx", "openvino")), ("int8", ("onnx",)))
-                 for target in targets]
+        rows += [
+            Row(
+                f"nitro-{target}-{precision}-full",
+                f"nitro-edge {target} {precision}",
+                "full VAE",
+                Export("nitro", precision, "full", targets),
+                Run("nitro", target, precision),
+            )
+            for precision, targets in (("fp16", ("onnx", "openvino")), ("int8", ("onnx",)))
+            for target in targets
+        ]
     # Core ML: converted and checked here; prediction needs macOS, so these rows have no run.
-    rows.append(Row("nitro-coreml-fp16-full", "nitro-edge coreml fp16", "full VAE", Export("nitro", "fp16", "full", ("coreml",))))
+    rows.append(
+        Row(
+            "nitro-coreml-fp16-full", "nitro-edge coreml fp16", "full VAE", Export("nitro", "fp16", "full", ("coreml",))
+        )
+    )
     if model == "sd15":
-        rows.append(Row("nitro-onnx-fp32-full-optimized", "nitro-edge onnx fp32 --onnx-optimize", "full VAE",
-                        Export("nitro", "fp32", "full", ("onnx",), {"onnx": {"optimize": True}}), Run("nitro", "onnx", "fp32")))
+        rows.append(
+            Row(
+                "nitro-onnx-fp32-full-optimized",
+                "nitro-edge onnx fp32 --onnx-optimize",
+                "full VAE",
+                Export("nitro", "fp32", "full", ("onnx",), {"onnx": {"optimize": True}}),
+                Run("nitro", "onnx", "fp32"),
+            )
+        )
     return rows

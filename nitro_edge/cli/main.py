@@ -51,23 +51,39 @@ def export(
     unet: Optional[Path] = typer.Option(None, "--unet", help="UNet .safetensors replacing the source's"),
     shift: Optional[int] = typer.Option(None, "--shift", help="timestep shift (NitroSD: 250 Realism, 500 Vibrant)"),
     tiny_vae: Optional[Path] = typer.Option(None, "--tiny-vae", help="AutoencoderTiny (TAESD) folder as vae_decoder"),
-    onnx_optimize: bool = typer.Option(False, "--onnx-optimize", help="onnx: fuse attention and LayerNorm (ONNX Runtime's optimiser)"),
+    onnx_optimize: bool = typer.Option(
+        False, "--onnx-optimize", help="onnx: fuse attention and LayerNorm (ONNX Runtime's optimiser)"
+    ),
     ort_format: bool = typer.Option(False, "--ort-format", help="onnx: also write .ort files (ONNX Runtime Mobile)"),
-    coreml_target: Optional[CoremlTarget] = typer.Option(None, "--coreml-target", help="coreml: minimum deployment target [default: macOS14]"),
-    compute_units: Optional[ComputeUnits] = typer.Option(None, "--compute-units", help="coreml: compute units to record [default: ALL]"),
-    attention: Optional[Attention] = typer.Option(None, "--attention", help="coreml: generator attention [default: original]"),
-    chunks: Optional[int] = typer.Option(None, "--chunks", help="coreml: generator as 1 package or 2 chunks [default: 1]"),
+    coreml_target: Optional[CoremlTarget] = typer.Option(
+        None, "--coreml-target", help="coreml: minimum deployment target [default: macOS14]"
+    ),
+    compute_units: Optional[ComputeUnits] = typer.Option(
+        None, "--compute-units", help="coreml: compute units to record [default: ALL]"
+    ),
+    attention: Optional[Attention] = typer.Option(
+        None, "--attention", help="coreml: generator attention [default: original]"
+    ),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", help="coreml: generator as 1 package or 2 chunks [default: 1]"
+    ),
 ) -> None:
     """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
     from nitro_edge.export import export_bundle
 
-    targets = [target.value] if target.value != "all" else [
-        t.name for t in registry.TARGETS if precision.value in t.precisions]
+    targets = (
+        [target.value]
+        if target.value != "all"
+        else [t.name for t in registry.TARGETS if precision.value in t.precisions]
+    )
     given = {
         "onnx": {"optimize": onnx_optimize or None, "ort_format": ort_format or None},
-        "coreml": {"deployment_target": coreml_target and coreml_target.value,
-                   "compute_units": compute_units and compute_units.value,
-                   "attention": attention and attention.value, "chunks": chunks},
+        "coreml": {
+            "deployment_target": coreml_target and coreml_target.value,
+            "compute_units": compute_units and compute_units.value,
+            "attention": attention and attention.value,
+            "chunks": chunks,
+        },
     }
     options = {t: {k: v for k, v in kw.items() if v is not None} for t, kw in given.items()}
     options = {t: kw for t, kw in options.items() if kw}
@@ -83,16 +99,28 @@ def export(
             status.update(message)
             console.log(message)
 
-        export_bundle(source, output, targets=targets, precision=precision.value, height=height,
-                      width=width, unet=unet, shift=shift, tiny_vae=tiny_vae, options=options, report=report)
+        export_bundle(
+            source,
+            output,
+            targets=targets,
+            precision=precision.value,
+            height=height,
+            width=width,
+            unet=unet,
+            shift=shift,
+            tiny_vae=tiny_vae,
+            options=options,
+            report=report,
+        )
     console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
 
 
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="what to draw"),
-    model: Optional[Path] = typer.Option(None, "-m", "--model",
-                                         help="bundle, or diffusers source folder (torch backend); default: the embedded model"),
+    model: Optional[Path] = typer.Option(
+        None, "-m", "--model", help="bundle, or diffusers source folder (torch backend); default: the embedded model"
+    ),
     output: Path = typer.Option(Path("out.png"), "-o", "--output", help="PNG to write (batch > 1: name-0.png, ...)"),
     steps: int = typer.Option(1, "--steps", help="1 to 4"),
     seed: int = typer.Option(0, "--seed"),
@@ -150,8 +178,10 @@ def info(
 
     console = Console()
     s = m["sampler"]
-    console.print(f"[bold]{bundle}[/bold]: {m['architecture']}, {b.dims.height}x{b.dims.width}, "
-                  f"shift {s['shift']} ({s.get('shift_source', '?')}), nitro-edge {m.get('nitro_edge_version')}")
+    console.print(
+        f"[bold]{bundle}[/bold]: {m['architecture']}, {b.dims.height}x{b.dims.width}, "
+        f"shift {s['shift']} ({s.get('shift_source', '?')}), nitro-edge {m.get('nitro_edge_version')}"
+    )
     prov = m.get("provenance", {})
     console.print(f"source: {prov.get('source', {}).get('path')}  licence: {prov.get('licence') or 'unknown'}")
     table = Table("component", "target", "precision", "file", "MB")
@@ -160,17 +190,24 @@ def info(
             for precision, art in by_precision.items():
                 size = sum(m["files"][f]["bytes"] for f in art["files"])
                 used = art.get("precision", precision)
-                table.add_row(name, target, precision if used == precision else f"{precision} (kept {used})",
-                              art["path"], f"{size / 1e6:.1f}")
+                table.add_row(
+                    name,
+                    target,
+                    precision if used == precision else f"{precision} (kept {used})",
+                    art["path"],
+                    f"{size / 1e6:.1f}",
+                )
     console.print(table)
     for key, parity in m.get("parity", {}).items():
         if not parity.get("numeric", True):
             console.print(f"parity {key}: numeric check not run ({parity.get('reason')})")
             continue
         comps = parity["components"]
-        console.print(f"parity {key}: end-to-end {parity['end_to_end_psnr_db']} dB "
-                      f"(floor {parity['floor']['psnr_db']}), worst component SNR "
-                      f"{min(c['snr_db'] for c in comps.values())} dB, max abs {max(c['max_abs'] for c in comps.values()):.2e}")
+        console.print(
+            f"parity {key}: end-to-end {parity['end_to_end_psnr_db']} dB "
+            f"(floor {parity['floor']['psnr_db']}), worst component SNR "
+            f"{min(c['snr_db'] for c in comps.values())} dB, max abs {max(c['max_abs'] for c in comps.values()):.2e}"
+        )
 
 
 @app.command()
@@ -198,14 +235,27 @@ def bench(
         raise InputError(f"no backend could run {bundle} here" + (f" ({reasons})" if reasons else ""))
     from rich.table import Table
 
-    table = Table("backend", "precision", "cold start s", "end-to-end s (median [min-max])", "slowest component",
-                  "peak RSS MiB", "size MiB")
+    table = Table(
+        "backend",
+        "precision",
+        "cold start s",
+        "end-to-end s (median [min-max])",
+        "slowest component",
+        "peak RSS MiB",
+        "size MiB",
+    )
     for r in results:
         e = r["end_to_end_s"]
         slow = max(r["components_s"].items(), key=lambda kv: kv[1]["median"])
-        table.add_row(r["backend"], r["precision"], f"{r['cold_start_s']:.2f}",
-                      f"{e['median']:.3f} [{e['min']:.3f}-{e['max']:.3f}]", f"{slow[0]} {slow[1]['median']:.3f}",
-                      f"{r['peak_rss_mib']:.0f}", f"{r['size_mib']}")
+        table.add_row(
+            r["backend"],
+            r["precision"],
+            f"{r['cold_start_s']:.2f}",
+            f"{e['median']:.3f} [{e['min']:.3f}-{e['max']:.3f}]",
+            f"{slow[0]} {slow[1]['median']:.3f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['size_mib']}",
+        )
     from rich.console import Console
 
     Console().print(table)
@@ -214,8 +264,11 @@ def bench(
     if plot_path:
         plot(results, plot_path)
     if failed:  # the others' results are printed and written; the exit status says not all ran
-        typer.echo("error: these runs failed: " + "; ".join(f"{p['backend']} {p['precision']} ({p['reason']})"
-                                                          for p in failed), err=True)
+        typer.echo(
+            "error: these runs failed: "
+            + "; ".join(f"{p['backend']} {p['precision']} ({p['reason']})" for p in failed),
+            err=True,
+        )
         raise typer.Exit(code=1)
 
 

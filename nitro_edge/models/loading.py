@@ -104,7 +104,9 @@ def load_unet(source: Source):
     safetensors_torch = require("safetensors.torch", "torch")
     config_path = source.path / "unet" / "config.json"
     if not config_path.is_file():
-        raise SourceError(f"--unet needs the base folder's unet/config.json for the architecture, not found: {config_path}")
+        raise SourceError(
+            f"--unet needs the base folder's unet/config.json for the architecture, not found: {config_path}"
+        )
     unet = diffusers.UNet2DConditionModel.from_config(json.loads(config_path.read_text()))
     try:
         state = safetensors_torch.load_file(str(source.unet_file))

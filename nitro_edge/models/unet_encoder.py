@@ -21,7 +21,9 @@ def check_supported(unet, what: str) -> None:
         "time_cond_proj_dim": config.time_cond_proj_dim,
         "encoder_hid_dim": config.encoder_hid_dim,
         "center_input_sample": config.center_input_sample or None,
-        "addition_embed_type": None if config.addition_embed_type in (None, "text_time") else config.addition_embed_type,
+        "addition_embed_type": None
+        if config.addition_embed_type in (None, "text_time")
+        else config.addition_embed_type,
     }
     found = {k: v for k, v in unsupported.items() if v is not None}
     if found:
@@ -31,8 +33,9 @@ def check_supported(unet, what: str) -> None:
 def time_embedding(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
     """The embedding every resnet reads: the timestep's, plus SDXL's text/size embedding."""
     emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
-    aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
-                             added_cond_kwargs=added_cond_kwargs or {})
+    aug = unet.get_aug_embed(
+        emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs or {}
+    )
     if aug is not None:
         emb = emb + aug
     if unet.time_embed_act is not None:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from nitro_edge.training.recipes import shapes_data as data
 from nitro_edge.training.recipes import small_models as sm
 
@@ -62,13 +61,19 @@ def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_step
     import transformers
 
     vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, sample_size=64,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32), layers_per_block=1)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 32, 32, 32),
+        layers_per_block=1,
+    )
     vae = sm.train_vae(vae, images, vae_steps, log=log)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(sm.to_tensor(images[i:i + 256])).latent_dist.mean
-                             for i in range(0, n, 256)])
+        latents = torch.cat([vae.encode(sm.to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, n, 256)])
     scaling = float(1 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     latents = latents * scaling
@@ -80,25 +85,46 @@ def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_step
         table = dict(zip(unique, text_encoder(ids)[0]))
     cond = torch.stack([table[p] for p in prompts])
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16)
-    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                        timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+    scheduler = diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
     unet = sm.train_epsilon(unet, latents, cond, table[""], scheduler.alphas_cumprod, unet_steps, log=log)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(str(tmp))
 
 
 @torch.no_grad()
 def teacher_images(teacher: Path, prompts: list[str], steps: int, seed: int) -> np.ndarray:
     """The teacher's own sampler (DDIM with CFG), decoded: uint8 (N, H, W, 3)."""
+    from nitro_edge.training.teacher import Conditioner, TeacherSampler
+
     from nitro_edge.models.loading import load_modules
     from nitro_edge.sources import resolve_source
-    from nitro_edge.training.teacher import Conditioner, TeacherSampler
 
     dims, toks, mods = load_modules(resolve_source(teacher))
     conditioner = Conditioner(toks, [mods["text_encoder"]], dims)
@@ -106,9 +132,10 @@ def teacher_images(teacher: Path, prompts: list[str], steps: int, seed: int) -> 
     empty = conditioner([""], "cpu")
     out = []
     for i in range(0, len(prompts), 120):
-        batch = prompts[i:i + 120]
-        noise = torch.from_numpy(np.random.default_rng([seed, i]).standard_normal(
-            (len(batch), *dims.latent_shape), dtype=np.float32))
+        batch = prompts[i : i + 120]
+        noise = torch.from_numpy(
+            np.random.default_rng([seed, i]).standard_normal((len(batch), *dims.latent_shape), dtype=np.float32)
+        )
         uncond = {k: v.expand(len(batch), *v.shape[1:]) for k, v in empty.items()}
         x0 = sampler(noise, conditioner(batch, "cpu"), uncond)
         out.append(mods["vae_decoder"](x0)[0].permute(0, 2, 3, 1).numpy())
@@ -119,8 +146,10 @@ def student_images(student: Path, prompts: list[str], steps: int, seed: int) -> 
     import nitro_edge
 
     sampler = nitro_edge.load(student, backend="torch")
-    out = [sampler.generate(prompts[i:i + 120], steps=steps, seed=seed + i, output="numpy")
-           for i in range(0, len(prompts), 120)]
+    out = [
+        sampler.generate(prompts[i : i + 120], steps=steps, seed=seed + i, output="numpy")
+        for i in range(0, len(prompts), 120)
+    ]
     return (np.concatenate(out) * 255).round().astype(np.uint8)
 
 
@@ -132,14 +161,30 @@ def distil(teacher: Path, out: Path, name: str, overrides: dict, size, log) -> P
     prompts_file = out / "prompts.txt"
     prompts_file.write_text("\n".join(data.prompt(*c) for c in data.CLASSES) + "\n")
     run = out / "runs" / name.split(" (")[0].replace(" ", "-")
-    base = dict(teacher=str(teacher), prompts=str(prompts_file), output=str(run), teacher_steps=TEACHER_STEPS,
-                teacher_guidance=TEACHER_GUIDANCE, teacher_cache=str(out / "teacher-cache"), shift=1000,
-                max_steps=size[4], batch_size=16, lr_student=2e-5, lr_heads=2e-4, head_width=32,
-                ema_decay=0.98, refine_starts=[0, int(size[4] * 0.6), int(size[4] * 0.7), int(size[4] * 0.8)],
-                checkpoint_every=max(1, size[4] // 2), sample_every=max(1, size[4] // 5), log_every=10)
+    base = dict(
+        teacher=str(teacher),
+        prompts=str(prompts_file),
+        output=str(run),
+        teacher_steps=TEACHER_STEPS,
+        teacher_guidance=TEACHER_GUIDANCE,
+        teacher_cache=str(out / "teacher-cache"),
+        shift=1000,
+        max_steps=size[4],
+        batch_size=16,
+        lr_student=2e-5,
+        lr_heads=2e-4,
+        head_width=32,
+        ema_decay=0.98,
+        refine_starts=[0, int(size[4] * 0.6), int(size[4] * 0.7), int(size[4] * 0.8)],
+        checkpoint_every=max(1, size[4] // 2),
+        sample_every=max(1, size[4] // 5),
+        log_every=10,
+    )
     cfg = load_config(None, {**base, **overrides})
-    if not (out / "teacher-cache" / "index.json").is_file() or json.loads(
-            (out / "teacher-cache" / "index.json").read_text())["complete_samples"] < size[3]:
+    if (
+        not (out / "teacher-cache" / "index.json").is_file()
+        or json.loads((out / "teacher-cache" / "index.json").read_text())["complete_samples"] < size[3]
+    ):
         log(f"precomputing {size[3]} teacher samples ({TEACHER_STEPS} DDIM steps, CFG {TEACHER_GUIDANCE})")
         precompute(cfg, size[3], shard_size=256)
     t0 = time.perf_counter()
@@ -153,8 +198,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/shapes"))
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--install-default", action="store_true",
-                        help="copy the distilled student into nitro_edge/assets/default_model")
+    parser.add_argument(
+        "--install-default", action="store_true", help="copy the distilled student into nitro_edge/assets/default_model"
+    )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -188,18 +234,25 @@ def main(argv=None) -> dict:
     runs = ABLATIONS if args.ablations else {"NitroFusion (full)": {}}
     for name, overrides in runs.items():
         student = distil(teacher, args.out, name, overrides, size, log)
-        for steps in ((1, 2, 4) if name.startswith("NitroFusion") else (1,)):
-            imgs = score(f"student {steps} step{'s' if steps > 1 else ''}: {name}", student_images(student, prompts, steps, 100))
+        for steps in (1, 2, 4) if name.startswith("NitroFusion") else (1,):
+            imgs = score(
+                f"student {steps} step{'s' if steps > 1 else ''}: {name}", student_images(student, prompts, steps, 100)
+            )
             if name.startswith("NitroFusion"):
                 grid.append(imgs)
     reference_renders = np.stack([data.render(c, s, p, np.random.default_rng(7)) for (c, s, p) in data.CLASSES])
     _, ref_pred = sm.classify(classifier, reference_renders)
-    result = {"rows": rows, "size": args.size, "seconds": round(time.perf_counter() - started),
-              "classifier_accuracy_on_renders": float(np.mean((ref_pred == np.array(data.eval_prompts(1)[1])).all(1)))}
+    result = {
+        "rows": rows,
+        "size": args.size,
+        "seconds": round(time.perf_counter() - started),
+        "classifier_accuracy_on_renders": float(np.mean((ref_pred == np.array(data.eval_prompts(1)[1])).all(1))),
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     _save_grid(args.out / "grid.png", grid, per_class=size[5])
     table = "| model | FD to teacher (lower is closer) | prompt adherence |\n|---|---|---|\n" + "\n".join(
-        f"| {r['model']} | {r['fd_to_teacher']} | {r['adherence']} |" for r in rows)
+        f"| {r['model']} | {r['fd_to_teacher']} | {r['adherence']} |" for r in rows
+    )
     (args.out / "results.md").write_text(table + "\n")
     print(table)
     if args.install_default:
@@ -234,13 +287,18 @@ def install_default(student: Path, dest: Path, results: dict) -> Path:
         shutil.copy2(student / name, tmp / name)
     shutil.copytree(student / "scheduler", tmp / "scheduler")
     shutil.copytree(student / "tokenizer", tmp / "tokenizer")
-    for sub, cls in (("unet", diffusers.UNet2DConditionModel), ("vae", diffusers.AutoencoderKL),
-                     ("text_encoder", transformers.CLIPTextModel)):
+    for sub, cls in (
+        ("unet", diffusers.UNet2DConditionModel),
+        ("vae", diffusers.AutoencoderKL),
+        ("text_encoder", transformers.CLIPTextModel),
+    ):
         cls.from_pretrained(str(student / sub)).half().save_pretrained(str(tmp / sub))
     rows = "\n".join(f"| {r['model']} | {r['fd_to_teacher']} | {r['adherence']} |" for r in results["rows"])
     (tmp / "README.md").write_text(MODEL_CARD.format(rows=rows, seconds=results["seconds"]))
-    shutil.copy2(Path(__file__).parents[2] / "nitro_edge" / "assets" / "clip_bpe" / "LICENSE.open_clip",
-                 tmp / "tokenizer" / "LICENSE.open_clip")
+    shutil.copy2(
+        Path(__file__).parents[2] / "nitro_edge" / "assets" / "clip_bpe" / "LICENSE.open_clip",
+        tmp / "tokenizer" / "LICENSE.open_clip",
+    )
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -9,8 +9,13 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 200, 40)}
 SHAPES = ("circle", "square", "triangle")
-POSITIONS = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
-             "bottom right": (0.72, 0.72), "centre": (0.5, 0.5)}
+POSITIONS = {
+    "top left": (0.28, 0.28),
+    "top right": (0.72, 0.28),
+    "bottom left": (0.28, 0.72),
+    "bottom right": (0.72, 0.72),
+    "centre": (0.5, 0.5),
+}
 CLASSES = list(itertools.product(COLOURS, SHAPES, POSITIONS))  # 60 (colour, shape, position)
 
 
@@ -52,7 +57,7 @@ def make(n: int, seed: int, size: int = 64) -> tuple[np.ndarray, list[str], np.n
 def eval_prompts(per_class: int) -> tuple[list[str], np.ndarray]:
     """Every class `per_class` times, in a fixed order, with its labels."""
     prompts, labels = [], []
-    for (c, s, p) in CLASSES:
+    for c, s, p in CLASSES:
         for _ in range(per_class):
             prompts.append(prompt(c, s, p))
             labels.append((list(COLOURS).index(c), SHAPES.index(s), list(POSITIONS).index(p)))

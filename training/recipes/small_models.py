@@ -16,8 +16,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def train_vae(vae, images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3, kl: float = 1e-6,
-              seed: int = 0, log=print):
+def train_vae(
+    vae, images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3, kl: float = 1e-6, seed: int = 0, log=print
+):
     """Reconstruction (L1 + MSE) with a small KL term; returns the VAE in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     data = to_tensor(images)
@@ -38,8 +39,19 @@ def train_vae(vae, images: np.ndarray, steps: int, batch: int = 32, lr: float = 
     return vae.eval().requires_grad_(False)
 
 
-def train_epsilon(unet, latents: torch.Tensor, cond: torch.Tensor, empty: torch.Tensor, alphas: torch.Tensor,
-                  steps: int, batch: int = 64, lr: float = 3e-4, drop: float = 0.1, seed: int = 0, log=print):
+def train_epsilon(
+    unet,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    empty: torch.Tensor,
+    alphas: torch.Tensor,
+    steps: int,
+    batch: int = 64,
+    lr: float = 3e-4,
+    drop: float = 0.1,
+    seed: int = 0,
+    log=print,
+):
     """Plain epsilon-prediction diffusion training; `drop` of the prompts become empty (for CFG)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
@@ -91,7 +103,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int, batch: 
         model = Classifier()
     data, y = to_tensor(images), torch.from_numpy(labels)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(len(data), (batch,), generator=gen)
         x = data[idx] + 0.05 * torch.randn(data[idx].shape, generator=gen)  # a little noise: robustness
         loss = sum(F.cross_entropy(o, y[idx, i]) for i, o in enumerate(model(x)))
