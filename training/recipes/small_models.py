@@ -19,10 +19,15 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def train_vae(
     vae, images: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3, kl: float = 1e-6, seed: int = 0, log=print
 ):
-    """Reconstruction (L1 + MSE) with a small KL term; returns the VAE in eval mode."""
+    """Reconstruction (L1 + MSE) with a small KL term; returns the VAE in eval mode.
+
+    The learning rate decays to zero (cosine): at a constant 1e-3 the last iterate is noisy, and on
+    one machine it decoded blue shapes as green (colour right on 79% of reconstructions; 100% with
+    the decay, same steps and seed)."""
     gen = torch.Generator().manual_seed(seed)
     data = to_tensor(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     vae.train()
     t0 = time.perf_counter()
     for step in range(steps):
@@ -34,6 +39,7 @@ def train_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if (step + 1) % max(1, steps // 5) == 0:
             log(f"vae step {step + 1}/{steps}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
     return vae.eval().requires_grad_(False)
