@@ -20,10 +20,9 @@ PROMPTS = (
 
 def compare(bundle: str, precision: str = "fp32", prompts=PROMPTS, seeds: int = 3) -> dict:
     """The same prompts and seeds at f32 and at the device's default precision; PSNR per seed."""
-    from nitro_edge.export.parity import psnr_db
-
     import nitro_edge
     from nitro_edge.bundle import Bundle
+    from nitro_edge.export.parity import psnr_db
 
     images = {}
     for label, hint in (("f32", "f32"), ("device default", None)):

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from nitro_edge.export import TARGETS, export_bundle, target_precisions
-
 from nitro_edge.tiny import build_tiny_pipeline
 
 

@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from nitro_edge.export.component import ComponentSource
-from nitro_edge.export.gate import Draft, run_gate
-from nitro_edge.export.reference import Reference, reference_run
-
 import nitro_edge
 from nitro_edge import registry
 from nitro_edge.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, file_entries, is_bundle
 from nitro_edge.errors import BundleError, InputError
+from nitro_edge.export.component import ComponentSource
+from nitro_edge.export.gate import Draft, run_gate
+from nitro_edge.export.reference import Reference, reference_run
 from nitro_edge.sources import Source, resolve_source
 from nitro_edge.specs import COMPONENTS, FLOORS
 

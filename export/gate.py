@@ -12,12 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nitro_edge.export.parity import compare_component, compare_images
-from nitro_edge.export.reference import PARITY_PROMPTS, PARITY_SEED, Reference
-
 from nitro_edge import registry
 from nitro_edge.bundle import Bundle, file_entries
 from nitro_edge.errors import ParityError
+from nitro_edge.export.parity import compare_component, compare_images
+from nitro_edge.export.reference import PARITY_PROMPTS, PARITY_SEED, Reference
 from nitro_edge.sampler import Sampler
 from nitro_edge.specs import FLOORS
 

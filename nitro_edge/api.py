@@ -15,24 +15,36 @@ log = logging.getLogger(__name__)
 auto_order = registry.auto_order  # kept here too: the name users of nitro_edge.api know
 
 
-def choose_backend(bundle: Bundle, precision: str) -> str:
-    """The best backend that is installed, runs here and has artifacts in the bundle at `precision`."""
+def choose_backend(bundle: Bundle, precision: str | None = None) -> tuple[str, str]:
+    """(backend, precision): the best backend that is installed, runs here and has artifacts in the
+    bundle at `precision` (None: the first of PRECISION_ORDER the bundle holds for that backend)."""
     targets = bundle.targets()
     for name in auto_order():
         b = registry.backend(name)
-        if precision in targets.get(b.target, []) and b.installed() and b.predicts_here():
-            return name
+        held = targets.get(b.target, [])
+        chosen = precision if precision in held else None if precision else pick_precision(held)
+        if chosen and b.installed() and b.predicts_here():
+            return name, chosen
     hints = " or ".join(f"`pip install 'nitro-edge[{registry.backend(n).extra}]'`" for n in auto_order())
     raise InputError(
-        f"no installed backend can run this bundle at {precision}: it holds {targets}; install one with {hints}"
+        f"no installed backend can run this bundle{f' at {precision}' if precision else ''}: it holds {targets}; "
+        f"install one with {hints}"
     )
+
+
+# Which precision a bundle runs at when none is asked for: the most exact one it holds.
+PRECISION_ORDER = ("fp32", "fp16", "int8-hybrid", "int8", "pal8", "pal6", "pal4")
+
+
+def pick_precision(held) -> str | None:
+    return next((p for p in PRECISION_ORDER if p in held), None)
 
 
 def load(
     path: str | Path,
     backend: str = "auto",
     *,
-    precision: str = "fp32",
+    precision: str | None = None,
     unet: str | Path | None = None,
     shift: int | None = None,
     height: int | None = None,
@@ -41,6 +53,7 @@ def load(
 ) -> Sampler:
     """A Sampler for a bundle (any backend) or a diffusers source folder (torch backend).
 
+    `precision` picks the bundle's artifacts (None: its most exact, fp32 before fp16 before int8).
     `unet`, `shift`, `height` and `width` apply to a source folder, as in `nitro-edge export`.
     Backend options (for example `threads=` or `providers=` for onnx) pass through `options`.
     """
@@ -54,8 +67,13 @@ def load(
             raise InputError(f"{sorted(source_args)} apply to a source folder, not to a bundle ({path})")
         bundle = Bundle.open(path)
         if backend == "auto":
-            backend = choose_backend(bundle, precision)
+            backend, precision = choose_backend(bundle, precision)
             log.info("backend auto chose %s (%s)", backend, precision)
+        elif precision is None:
+            target = registry.backend(backend).target
+            precision = pick_precision(bundle.targets().get(target, [])) if target else "fp32"
+            if precision is None:
+                raise InputError(f"this bundle has no {target} artifacts; it holds {bundle.targets()}")
         components = registry.backend(backend).load_module().load(bundle, precision, **options)
         return Sampler(
             dims=bundle.dims,
@@ -63,6 +81,7 @@ def load(
             tokenizers=bundle.tokenizers(),
             components=components,
             backend=backend,
+            precision=precision,
         )
     if is_pipeline_folder(path) or not path.exists():
         if backend not in ("auto", "torch"):

@@ -46,8 +46,10 @@ class Sampler:
         tokenizers: Sequence[ClipTokenizer],
         components: dict[str, Component],
         backend: str,
+        precision: str = "fp32",
     ):
         self.dims = dims
+        self.precision = precision  # the bundle artifacts it runs (fp32 for a source folder)
         self.params = params
         self.tokenizers = list(tokenizers)
         self.components = components

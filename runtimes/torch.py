@@ -24,10 +24,10 @@ def load(bundle, precision: str = "fp32", components: Sequence[str] | None = Non
     if options:
         raise InputError(f"the torch backend takes no options here, got {sorted(options)}")
     src = bundle.manifest.get("provenance", {}).get("source", {})
-    if not src.get("path") or not Path(src["path"]).is_dir():
+    # A relative source path is relative to the bundle (the shipped default bundle records its folder so).
+    path = src.get("path") and (bundle.root / src["path"] if not Path(src["path"]).is_absolute() else Path(src["path"]))
+    if not path or not path.is_dir():
         raise SourceError(f"the torch backend needs the bundle's source folder, which is not here: {src.get('path')!r}")
-    source = resolve_source(
-        src["path"], unet=src.get("unet_file"), shift=bundle.params.shift, tiny_vae=src.get("tiny_vae")
-    )
+    source = resolve_source(path, unet=src.get("unet_file"), shift=bundle.params.shift, tiny_vae=src.get("tiny_vae"))
     _, _, comps = load_source(source, bundle.dims.height, bundle.dims.width)
     return {name: comps[name] for name, _ in selected(bundle, components)}

@@ -83,22 +83,33 @@ def test_usage_error_is_not_a_traceback():
     assert r.returncode == 2 and "Traceback" not in r.stderr and "Missing argument" in r.stderr
 
 
-def test_generate_without_a_model_uses_the_embedded_default(tmp_path):
+def test_generate_without_a_model_uses_the_shipped_default_bundle(tmp_path):
+    """The embedded model ships exported: the first run writes nothing but the image."""
     env = {**os.environ, "COLUMNS": "200", "NITRO_EDGE_CACHE": str(tmp_path / "cache")}
     r = subprocess.run(
-        [*CLI, "generate", "a red circle at the top left", "-o", str(tmp_path / "a.png")],
+        [*CLI, "generate", "a red circle at the top left", "-o", str(tmp_path / "a.png"), "--backend", "onnx"],
         capture_output=True,
         text=True,
         env=env,
     )
     assert r.returncode == 0, r.stderr
-    assert "embedded default nitro-shapes-64" in r.stderr and Image.open(tmp_path / "a.png").size == (64, 64)
-    bundles = list((tmp_path / "cache").iterdir())
-    assert len(bundles) == 1 and (bundles[0] / "manifest.json").is_file()  # exported once, then reused
-    r = subprocess.run(
-        [*CLI, "generate", "a blue square", "-o", str(tmp_path / "b.png"), "--steps", "4"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert r.returncode == 0 and list((tmp_path / "cache").iterdir()) == bundles
+    assert "embedded default nitro-shapes-64" in r.stderr and "default_bundle" in r.stderr
+    assert "on onnx fp16" in r.stderr and Image.open(tmp_path / "a.png").size == (64, 64)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_stale_shipped_bundle_is_not_used(tmp_path, monkeypatch):
+    """A retrained default model whose bundle was not re-exported: the bundle is refused (warning)
+    and the model is exported once into the cache instead."""
+    import shutil
+
+    from nitro_edge import default_model
+
+    source = shutil.copytree(default_model.source_folder(), tmp_path / "default_model")
+    shipped = shutil.copytree(default_model.shipped_bundle_folder(), tmp_path / "default_bundle")
+    (source / "README.md").write_text("retrained\n")  # the fingerprint covers every file of the folder
+    monkeypatch.setattr(default_model, "source_folder", lambda: source)
+    monkeypatch.setattr(default_model, "shipped_bundle_folder", lambda: shipped)
+    monkeypatch.setenv("NITRO_EDGE_CACHE", str(tmp_path / "cache"))
+    path = default_model.default_bundle()
+    assert path.parent == tmp_path / "cache" and (path / "manifest.json").is_file()

@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-from nitro_edge.export import export_bundle, parity
 
 import nitro_edge
 from nitro_edge.bundle import Bundle
 from nitro_edge.errors import BundleError, InputError, ParityError
+from nitro_edge.export import export_bundle, parity
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from nitro_edge.export import export_bundle
-from nitro_edge.export.parity import psnr_db
 
 import nitro_edge
 from nitro_edge.bundle import Bundle
 from nitro_edge.errors import BundleError, InputError, ParityError
+from nitro_edge.export import export_bundle
+from nitro_edge.export.parity import psnr_db
 
 torch = pytest.importorskip("torch")
 
@@ -22,7 +22,6 @@ torch = pytest.importorskip("torch")
 def tiny_modules(tiny_source):
     """{arch: (spec of the generator, generator wrapper, a real batch-1 generator input)}."""
     from nitro_edge.export.reference import component_inputs
-
     from nitro_edge.models.loading import load_modules
     from nitro_edge.models.wrappers import as_component
     from nitro_edge.sampler import Sampler
@@ -143,7 +142,9 @@ def test_a_rewrite_that_changes_the_generator_is_refused(tiny_source, tmp_path, 
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize(
+    "precision", [pytest.param("fp32", marks=pytest.mark.slow), pytest.param("fp16", marks=pytest.mark.slow), "int8"]
+)
 def test_onnx_fusion_and_ort_format(precision, tiny_source, tmp_path):
     out = export_bundle(
         tiny_source("sd15"),

@@ -12,14 +12,15 @@ import time
 import pytest
 
 torch = pytest.importorskip("torch")
-from nitro_edge.export import export_bundle  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from nitro_edge.bundle import Bundle  # noqa: E402
+from nitro_edge.export import export_bundle  # noqa: E402
 
 CLI = [sys.executable, "-m", "nitro_edge.cli.main"]
 
 
+@pytest.mark.slow  # a long fault test: a whole export in a child, interrupted
 def test_ctrl_c_during_export_leaves_no_bundle(tiny_source, tmp_path):
     out = tmp_path / "bundle"
     # SIGINT as a terminal delivers it: a shell starting this test run in the background (nohup ... &)
@@ -92,6 +93,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tiny_source, tmp_pat
     assert json.loads((tmp_path / "run/checkpoints/step_00000002/state.json").read_text())["step"] == 2
 
 
+@pytest.mark.slow  # a long fault test: three training processes
 def test_kill_9_during_training_then_resume_matches_the_uninterrupted_run(tiny_source, tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\na blue square\na green triangle\n")
     args = [
@@ -165,7 +167,9 @@ def test_onnx_external_data_outside_the_artifact_is_refused(tiny_source, tmp_pat
         nitro_edge.load(out, backend="onnx")
 
 
-@pytest.mark.parametrize("target, name", [("onnx", "generator.onnx"), ("openvino", "generator.xml")])
+@pytest.mark.parametrize(
+    "target, name", [("onnx", "generator.onnx"), pytest.param("openvino", "generator.xml", marks=pytest.mark.slow)]
+)
 def test_truncated_artifact_with_a_rewritten_manifest_fails_in_one_line(tiny_source, tmp_path, target, name):
     """Even when an attacker also rewrites the checksums, a truncated model file gives a BundleError."""
     import nitro_edge

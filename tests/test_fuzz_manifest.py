@@ -41,9 +41,8 @@ def open_with(root, manifest, tmp_path_factory):
     bundle.tokenizers()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_mutated_manifests_fail_only_with_bundle_error(valid, data, tmp_path_factory):
+def mutate_and_open(valid, data, tmp_path_factory):
+    """Replace or delete 1 to 3 random parts of a valid manifest; opening it may only raise BundleError."""
     root, manifest = valid
     mutated = copy.deepcopy(manifest)
     paths = [p for p in paths_of(mutated) if p]
@@ -64,6 +63,19 @@ def test_mutated_manifests_fail_only_with_bundle_error(valid, data, tmp_path_fac
         open_with(root, mutated, tmp_path_factory)
     except BundleError:
         pass
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_manifests_fail_only_with_bundle_error(valid, data, tmp_path_factory):
+    mutate_and_open(valid, data, tmp_path_factory)
+
+
+@pytest.mark.slow  # the same at length
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_many_mutated_manifests_fail_only_with_bundle_error(valid, data, tmp_path_factory):
+    mutate_and_open(valid, data, tmp_path_factory)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

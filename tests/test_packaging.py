@@ -47,3 +47,13 @@ def test_cli_help_imports_no_torch():
         "r = CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0 and 'export' in r.output, r.output\n"
     )
+
+
+def test_the_embedded_model_runs_without_torch():
+    """The first run a new user makes: the shipped default bundle on ONNX Runtime, torch never imported."""
+    assert_runs_without_torch(
+        "import nitro_edge\n"
+        "from nitro_edge.default_model import default_bundle\n"
+        "s = nitro_edge.load(default_bundle(), backend='onnx')\n"
+        "assert s.generate('a red circle at the top left', output='numpy').shape == (1, 64, 64, 3)\n"
+    )

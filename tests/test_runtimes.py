@@ -21,7 +21,14 @@ def test_auto_picks_an_installed_backend_and_says_which(tiny_bundle, caplog):
     with caplog.at_level(logging.INFO):
         sampler = nitro_edge.load(tiny_bundle("sd15"))
     assert sampler.backend == "onnx"  # the fixture bundle holds only ONNX artifacts
-    assert set(auto_order()) >= {"onnx", "openvino"}
+    # This host's order, worked out here from what the CPU and the OS are (the registry's rule).
+    intel = "GenuineIntel" in open("/proc/cpuinfo").read() if sys.platform == "linux" else False
+    expected = (
+        ("coreml", "onnx", "openvino")
+        if sys.platform == "darwin"
+        else (("openvino", "onnx") if intel else ("onnx", "openvino"))
+    )
+    assert auto_order() == expected
     assert f"backend auto chose {sampler.backend}" in caplog.text
 
 
@@ -37,7 +44,7 @@ def test_backend_options_are_checked(tiny_bundle):
 def test_coreml_backend_off_macos_says_so(tiny_bundle):
     if sys.platform == "darwin":
         pytest.skip("on macOS Core ML predicts")
-    with pytest.raises((MissingExtraError, Exception), match="macOS|no coreml"):
+    with pytest.raises(MissingExtraError, match="predicts on macOS only"):
         nitro_edge.load(tiny_bundle("sd15"), backend="coreml")
 
 
@@ -123,9 +130,8 @@ def test_openvino_inference_precision_follows_the_bundle():
 
 def test_load_can_open_only_some_components(tiny_bundle):
     """What the export gate uses to hold one component in memory at a time."""
-    from nitro_edge.runtimes import onnx as onnx_rt
-
     from nitro_edge.bundle import Bundle
+    from nitro_edge.runtimes import onnx as onnx_rt
 
     bundle = Bundle.open(tiny_bundle("sd15"))
     assert list(onnx_rt.load(bundle, "fp32", components=["vae_decoder"])) == ["vae_decoder"]

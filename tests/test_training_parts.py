@@ -7,13 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from nitro_edge.errors import InputError  # noqa: E402
 from nitro_edge.training.backbone import EncoderBackbone  # noqa: E402
 from nitro_edge.training.config import TrainConfig, load_config  # noqa: E402
 from nitro_edge.training.data import PromptSampler, read_prompts  # noqa: E402
 from nitro_edge.training.heads import TASKS, HeadPool, reset_optimizer_state  # noqa: E402
 from nitro_edge.training.losses import discriminator_loss, generator_loss  # noqa: E402
-
-from nitro_edge.errors import InputError  # noqa: E402
 
 
 def _fake_unet_config(block_out_channels, layers_per_block):

@@ -10,9 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
+from safetensors.torch import load_file  # noqa: E402
+
 from nitro_edge.training.config import load_config  # noqa: E402
 from nitro_edge.training.train import train  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 PROMPTS = "a red circle at the top left\na blue square in the centre\na green triangle at the bottom right\n"
 SMALL = {
@@ -118,6 +119,7 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two processes over gloo
 def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_path):
     cfg = config(tmp_path, tiny_source("sd15"), tmp_path / "run", max_steps=2, checkpoint_every=2)
     script = tmp_path / "rank.py"
@@ -135,6 +137,7 @@ def test_two_processes_gloo_train_and_the_checkpoint_exports(tiny_source, tmp_pa
     assert (bundle / "manifest.json").is_file()
 
 
+@pytest.mark.slow  # a training child process; the options' logic runs in the default tier
 def test_accumulation_bf16_checkpointing_and_local_only_tasks_run(tiny_source, tmp_path):
     """The systems options together on CPU, in their own process (accelerate's precision is
     process-wide): they must train and move the student."""

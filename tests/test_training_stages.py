@@ -6,10 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
+from safetensors.torch import load_file  # noqa: E402
+
 from nitro_edge.training.config import load_config  # noqa: E402
 from nitro_edge.training.diagnostics import Diagnostics  # noqa: E402
 from nitro_edge.training.train import train  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 PROMPTS = "a red circle at the top left\na blue square in the centre\na green triangle at the bottom right\n"
 SMALL = {
@@ -53,11 +54,10 @@ def test_a_run_resumed_at_the_stage_boundary_matches_the_uninterrupted_run(tiny_
 
 def test_the_first_stage_brings_the_one_step_student_to_the_teacher(tiny_source, tmp_path):
     """Regression onto the cached teacher x0: the one-step student's error on those pairs falls."""
-    from nitro_edge.training.plan import precompute
-    from nitro_edge.training.teacher import TeacherCache
-
     from nitro_edge.models.loading import load_modules
     from nitro_edge.sources import resolve_source
+    from nitro_edge.training.plan import precompute
+    from nitro_edge.training.teacher import TeacherCache
 
     teacher = tiny_source("sd15")
     cfg = config(

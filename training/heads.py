@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from nitro_edge.training.config import TASKS
 from torch import nn
+
+from nitro_edge.training.config import TASKS
 
 
 class Head(nn.Module):

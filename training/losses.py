@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from nitro_edge.training.config import LOSSES  # noqa: F401  (the kinds these functions take)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nitro_edge.training.config import TrainConfig
-
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.sources import resolve_source
+from nitro_edge.training.config import TrainConfig
 
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
@@ -21,10 +20,9 @@ def plan(cfg: TrainConfig) -> dict:
     accelerate = require("accelerate", "train")
     diffusers = require("diffusers", "torch")
     transformers = require("transformers", "torch")
+    from nitro_edge.models.loading import size_multiple
     from nitro_edge.training.backbone import EncoderBackbone
     from nitro_edge.training.heads import HeadPool
-
-    from nitro_edge.models.loading import size_multiple
 
     source = resolve_source(cfg.teacher, shift=cfg.shift)
     root = Path(cfg.teacher)
@@ -86,10 +84,10 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
     """Fill cfg.teacher_cache with `total` (noise, x0, conditioning) samples; sample i uses prompt
     i mod len(prompts) and noise seeded by i, so the cache is the same however it is resumed."""
     import torch
-    from nitro_edge.training.data import PromptSampler, read_prompts
-    from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler
 
     from nitro_edge.models.loading import load_modules
+    from nitro_edge.training.data import PromptSampler, read_prompts
+    from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler
 
     if not cfg.teacher_cache:
         raise InputError("precompute needs teacher_cache (--set teacher_cache=FOLDER)")

@@ -21,6 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from nitro_edge._lazy import require
+from nitro_edge.models.loading import load_modules, load_unet
+from nitro_edge.models.wrappers import Generator
+from nitro_edge.sources import Source, resolve_source
+from nitro_edge.specs import ModelDims
 from nitro_edge.training import checkpoint
 from nitro_edge.training.backbone import EncoderBackbone
 from nitro_edge.training.config import TrainConfig
@@ -31,12 +37,6 @@ from nitro_edge.training.heads import HeadPool, reset_optimizer_state
 from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
-
-from nitro_edge._lazy import require
-from nitro_edge.models.loading import load_modules, load_unet
-from nitro_edge.models.wrappers import Generator
-from nitro_edge.sources import Source, resolve_source
-from nitro_edge.specs import ModelDims
 
 log = logging.getLogger(__name__)
 FIRST_STAGE_BETAS = (0.9, 0.999)  # plain regression: the usual Adam moments (the adversarial stage uses adam_betas)

@@ -125,6 +125,9 @@ def generate(
     steps: int = typer.Option(1, "--steps", help="1 to 4"),
     seed: int = typer.Option(0, "--seed"),
     backend: Backend = typer.Option(Backend.auto, "--backend"),
+    precision: Optional[Precision] = typer.Option(
+        None, "--precision", help="bundle artifacts to run [default: the most exact the bundle holds]"
+    ),
     batch: int = typer.Option(1, "--batch", help="images of this prompt in one batch"),
     height: Optional[int] = typer.Option(None, "--height", help="source folders only"),
     width: Optional[int] = typer.Option(None, "--width", help="source folders only"),
@@ -142,20 +145,30 @@ def generate(
     if model is None:
         from nitro_edge.default_model import NAME, default_bundle
 
-        with console.status("preparing the embedded default model (first use exports it once)"):
+        with console.status("opening the embedded default model"):
             model = default_bundle()
         console.print(f"model: embedded default {NAME} ({model})")
     with console.status("loading"):
-        sampler = nitro_edge.load(model, backend.value, unet=unet, shift=shift, height=height, width=width)
+        sampler = nitro_edge.load(
+            model,
+            backend.value,
+            precision=precision and precision.value,
+            unet=unet,
+            shift=shift,
+            height=height,
+            width=width,
+        )
     started = time.perf_counter()
-    with console.status(f"generating on {sampler.backend}"):
+    with console.status(f"generating on {sampler.backend} {sampler.precision}"):
         images = sampler.generate([prompt] * batch, steps=steps, seed=seed)
     elapsed = time.perf_counter() - started
     paths = [output] if batch == 1 else [output.with_name(f"{output.stem}-{i}.png") for i in range(batch)]
     output.parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
         image.save(path)
-    console.print(f"{len(paths)} image(s) on {sampler.backend} in {elapsed:.2f} s: {', '.join(map(str, paths))}")
+    console.print(
+        f"{len(paths)} image(s) on {sampler.backend} {sampler.precision} in {elapsed:.2f} s: {', '.join(map(str, paths))}"
+    )
 
 
 @app.command()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from nitro_edge.training.recipes import shapes_data as data
 from nitro_edge.training.recipes import small_models as sm
 
@@ -121,10 +122,9 @@ def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_step
 @torch.no_grad()
 def teacher_images(teacher: Path, prompts: list[str], steps: int, seed: int) -> np.ndarray:
     """The teacher's own sampler (DDIM with CFG), decoded: uint8 (N, H, W, 3)."""
-    from nitro_edge.training.teacher import Conditioner, TeacherSampler
-
     from nitro_edge.models.loading import load_modules
     from nitro_edge.sources import resolve_source
+    from nitro_edge.training.teacher import Conditioner, TeacherSampler
 
     dims, toks, mods = load_modules(resolve_source(teacher))
     conditioner = Conditioner(toks, [mods["text_encoder"]], dims)
