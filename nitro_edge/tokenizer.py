@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nitro_edge import clip_text
 from nitro_edge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class ClipTokenizer:
         self._backend.save(str(path))
 
     def __call__(self, prompts: Sequence[str]) -> np.ndarray:
-        """Token ids, int64, shape (len(prompts), max_length)."""
-        encodings = self._backend.encode_batch(list(prompts))
+        """Token ids, int64, shape (len(prompts), max_length): CLIP's own ids (nitro_edge.clip_text)."""
+        encodings = self._backend.encode_batch([clip_text.clean(p) for p in prompts])
         for prompt, enc in zip(prompts, encodings):
             if enc.overflowing:
                 log.warning("prompt is longer than %d tokens and was truncated: %.60r...", self.info.max_length, prompt)
@@ -91,7 +92,9 @@ def tokenizer_from_folder(folder: Path, max_positions: int) -> tuple[object, Tok
         raise SourceError(
             f"the tokenizer in {folder} pads to {max_length} tokens, but its text encoder takes 1 to {max_positions}"
         )
-    return tok.backend_tokenizer, TokenizerInfo(max_length=max_length, pad_token_id=int(pad))
+    backend = tok.backend_tokenizer
+    backend.normalizer = clip_text.normalizer()  # CLIP's text cleaning (ftfy's fixes), written into bundles
+    return backend, TokenizerInfo(max_length=max_length, pad_token_id=int(pad))
 
 
 # transformers' model_max_length when a tokenizer config sets none (int(1e30)); anything this large is unset.
