@@ -74,8 +74,10 @@ def export_bundle(
     src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae)
     from nitro_edge.models.loading import load_module
 
-    report(f"loading {src.architecture} source {src.path}")
+    started = time.perf_counter()
+    report(f"torch reference: running the {src.architecture} pipeline from {src.path} …")
     reference = reference_run(src, height, width, precision)
+    report(f"torch reference: recorded in {time.perf_counter() - started:.1f} s")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out, report)
@@ -97,8 +99,11 @@ def export_bundle(
                 scratch,
             )
             if "coreml" not in targets:  # the other targets start from the ONNX trace
+                started = time.perf_counter()
+                report(f"{name}: tracing …")
                 component.onnx_fp32()
                 component.release()
+                report(f"{name}: traced in {time.perf_counter() - started:.1f} s")
             for target in targets:
                 _convert(draft, component, target, precision, precision, chosen[target], report)
             component.release()
@@ -139,7 +144,8 @@ def _convert(
     (fp32 for an fp16 fallback), and record it in the draft's manifest."""
     exporter = importlib.import_module(registry.target(target).module)
     started = time.perf_counter()
-    report(f"{target} {precision}: exporting {component.name}" + (" at fp32" if actual != precision else ""))
+    verb = "quantising" if actual.startswith("int8") else "palettising" if actual.startswith("pal") else "converting"
+    report(f"{component.name}: {verb} for {target} {actual} …")
     files = exporter.export(component, draft.root / target / precision, actual, options)
     _record(
         draft.manifest,
@@ -152,7 +158,7 @@ def _convert(
         reason,
         extra=options.facts(component.name),
     )
-    report(f"{target} {precision}: {component.name} written in {time.perf_counter() - started:.1f} s")
+    report(f"{component.name}: {target} {actual} written in {time.perf_counter() - started:.1f} s")
 
 
 def _remove_leftovers(out: Path, report) -> None:

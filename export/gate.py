@@ -8,6 +8,7 @@ check_spec() instead: names, shapes, dtypes and weight precision, recorded as `n
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,8 @@ def run_gate(
     if not backend.predicts_here():
         spec = runtime.check_spec(draft.open(), precision)
         report(
-            f"{target} {precision}: spec checked (names, shapes, dtypes, weights); numeric parity NOT run "
-            f"({backend.name} predicts on {backend.platforms} only)"
+            f"warning: {target} {precision}: numeric parity NOT checked ({backend.name} predicts on "
+            f"{backend.platforms} only); its spec was checked instead (names, shapes, dtypes, weights)"
         )
         return GateResult(
             target,
@@ -94,6 +95,8 @@ def run_gate(
             reason=f"{backend.name} prediction needs {backend.platforms}; the spec was checked",
         )
     result = GateResult(target, precision, numeric=True)
+    started = time.perf_counter()
+    report(f"{target} {precision}: checking parity against torch …")
     bundle = draft.open()
     for name in reference.specs:
         try:
@@ -102,7 +105,7 @@ def run_gate(
             if precision != "fp16":
                 raise
             # fp16 overflow (NaN, Inf, collapsed SNR): this component stays fp32, recorded so.
-            report(f"{target} fp16: {name} fails parity ({exc}); keeping it in fp32")
+            report(f"warning: {target} fp16: {name} fails parity ({exc}); keeping it in fp32")
             refallback(name, str(exc))
             bundle = draft.open()
             result.components[name] = _check(runtime, bundle, name, precision, reference, "fp32")
@@ -131,8 +134,9 @@ def run_gate(
     result.end_to_end_psnr_db = compare_images(reference.images, images, precision, f"{target} {precision}")
     worst = min(c["snr_db"] for c in result.components.values())
     report(
-        f"{target} {precision}: parity passed, end-to-end {result.end_to_end_psnr_db:.1f} dB, "
-        f"worst component SNR {worst:.1f} dB"
+        f"{target} {precision}: parity passed, end-to-end {result.end_to_end_psnr_db:.1f} dB "
+        f"(floor {FLOORS[precision].psnr_db:g}), worst component SNR {worst:.1f} dB, in "
+        f"{time.perf_counter() - started:.1f} s"
     )
     return result
 

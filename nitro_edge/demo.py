@@ -24,18 +24,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--verbose", "-v", action="store_true", help="show the converters' own output too")
     args = parser.parse_args(argv)
+    from nitro_edge.cli.quiet import captured
 
-    from rich.console import Console
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "export.log"
+    log.unlink(missing_ok=True)
+    with captured(log, args.verbose) as console:
+        run(args, console, log)
+
+
+def _once():
+    """The demo's filter on export messages: parity results, and each warning once (the Core ML one
+    would otherwise repeat for every precision)."""
+    seen = set()
+
+    def keep(message: str) -> bool:
+        if message.startswith("warning:"):
+            gist = message.split(":", 2)[-1].strip()
+            if gist in seen:
+                return False
+            seen.add(gist)
+            return True
+        return "parity passed" in message
+
+    return keep
+
+
+def run(args, console, log: Path) -> None:
     from rich.table import Table
 
     import nitro_edge
     from nitro_edge import registry
+    from nitro_edge.cli.quiet import Phases
     from nitro_edge.default_model import NAME, source_folder
     from nitro_edge.export import export_bundle
     from nitro_edge.export.parity import psnr_db
 
-    console = Console()
     source = source_folder()
     console.print(f"model: the embedded default [bold]{NAME}[/bold] ({source})")
     targets = [t for t in registry.TARGETS if t.installed()]
@@ -45,17 +71,18 @@ def main(argv: list[str] | None = None) -> None:
 
         shutil.rmtree(bundle)
     started = time.perf_counter()
-    for precision in PRECISIONS:
-        export_bundle(
-            source,
-            bundle,
-            targets=[t.name for t in targets if precision in t.precisions],
-            precision=precision,
-            report=lambda m: console.log(m) if "parity" in m or "NOT" in m else None,
-        )
+    with Phases(console, keep=_once()) as phases:
+        for precision in PRECISIONS:
+            export_bundle(
+                source,
+                bundle,
+                targets=[t.name for t in targets if precision in t.precisions],
+                precision=precision,
+                report=phases,
+            )
     console.print(
         f"exported to {', '.join(t.name for t in targets)} at {', '.join(PRECISIONS)} "
-        f"in {time.perf_counter() - started:.0f} s"
+        f"in {time.perf_counter() - started:.0f} s" + ("" if args.verbose else f" (the converters' output: {log})")
     )
 
     runs = [("torch", "fp32", source)]

@@ -32,7 +32,7 @@ def test_ctrl_c_during_export_leaves_no_bundle(tiny_source, tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stderr:
-        if "exporting generator" in line:
+        if "generator: tracing" in line:
             proc.send_signal(signal.SIGINT)
             break
     proc.wait(timeout=120)

@@ -67,6 +67,7 @@ def export(
     chunks: Optional[int] = typer.Option(
         None, "--chunks", help="coreml: generator as 1 package or 2 chunks [default: 1]"
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show the converters' own output too"),
 ) -> None:
     """Export SOURCE to a bundle; it is moved into place only after its parity check passes."""
     from nitro_edge.export import export_bundle
@@ -91,28 +92,34 @@ def export(
     if stray:
         raise InputError(f"options for {stray} were given, but the export writes {targets}")
 
-    console = _console()
+    from nitro_edge.cli.quiet import Phases, captured
+
     started = time.perf_counter()
-    with console.status("exporting") as status:
-
-        def report(message: str) -> None:
-            status.update(message)
-            console.log(message)
-
-        export_bundle(
-            source,
-            output,
-            targets=targets,
-            precision=precision.value,
-            height=height,
-            width=width,
-            unet=unet,
-            shift=shift,
-            tiny_vae=tiny_vae,
-            options=options,
-            report=report,
-        )
-    console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
+    # The converters' own output (progress bars, tables, notices) goes to this file, kept on failure.
+    log = output.parent / f".{output.name}.export.log"
+    log.unlink(missing_ok=True)
+    try:
+        with captured(log, verbose) as console, Phases(console) as phases:
+            export_bundle(
+                source,
+                output,
+                targets=targets,
+                precision=precision.value,
+                height=height,
+                width=width,
+                unet=unet,
+                shift=shift,
+                tiny_vae=tiny_vae,
+                options=options,
+                report=phases,
+            )
+            console.print(f"[green]done[/green] in {time.perf_counter() - started:.1f} s: {output}")
+    except NitroEdgeError as exc:
+        if log.is_file() and log.stat().st_size:
+            raise type(exc)(f"{exc} (the converters' output is in {log})") from exc
+        log.unlink(missing_ok=True)
+        raise
+    log.unlink(missing_ok=True)
 
 
 @app.command()
