@@ -47,11 +47,14 @@ def export_bundle(
     unet: str | Path | None = None,
     shift: int | None = None,
     tiny_vae: str | Path | None = None,
+    loras: Sequence = (),
     options: Mapping[str, Mapping[str, object]] | None = None,
     report: Callable[[str], None] = log.info,
 ) -> Path:
     """Export `source` to the bundle folder `out` for each target at `precision`; returns `out`.
 
+    `loras` are LoRA files ("FILE[:SCALE]" or nitro_edge.models.lora.Lora) merged into the text
+    encoder(s) and the generator before conversion; the manifest records each (name, sha256, scale).
     `options` maps a target to keyword arguments of its Options (e.g. {"coreml": {"chunks": 2}}).
     If `out` is already a bundle of the same model and settings, the new artifacts join it.
     Nothing appears at `out` unless every artifact passes its parity gate.
@@ -71,7 +74,7 @@ def export_bundle(
     chosen = _target_options(targets, options or {})
     out = Path(out)
     existing = _existing_bundle(out)
-    src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae)
+    src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae, loras=loras)
     from nitro_edge.models.loading import load_module
 
     started = time.perf_counter()
@@ -238,12 +241,13 @@ def _start_manifest(existing, tmp: Path, src: Source, reference: Reference) -> d
     """A manifest for this export: a copy of the existing bundle's, or a new one."""
     dims, tokenizers, specs = reference.dims, reference.tokenizers, reference.specs
     if existing is not None:
-        same_decoder = (
-            existing.manifest.get("provenance", {}).get("source", {}).get("tiny_vae") == src.describe()["tiny_vae"]
-        )
-        if existing.dims != dims or existing.params != src.params or not same_decoder:
+        before = existing.manifest.get("provenance", {}).get("source", {})
+        same_decoder = before.get("tiny_vae") == src.describe()["tiny_vae"]
+        same_loras = before.get("loras", []) == src.describe()["loras"]
+        if existing.dims != dims or existing.params != src.params or not same_decoder or not same_loras:
             raise BundleError(
-                f"{existing.root} was exported with other settings (size, sampler or decoder); export into a new folder"
+                f"{existing.root} was exported with other settings (size, sampler, decoder or LoRAs); "
+                "export into a new folder"
             )
         shutil.copytree(existing.root, tmp)
         (tmp / MANIFEST).unlink()

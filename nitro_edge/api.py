@@ -49,19 +49,21 @@ def load(
     shift: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    loras=(),
     **options,
 ) -> Sampler:
     """A Sampler for a bundle (any backend) or a diffusers source folder (torch backend).
 
     `precision` picks the bundle's artifacts (None: its most exact, fp32 before fp16 before int8).
-    `unet`, `shift`, `height` and `width` apply to a source folder, as in `nitro-edge export`.
+    `unet`, `shift`, `height`, `width` and `loras` ("FILE[:SCALE]" LoRA files, merged into the text
+    encoder(s) and the UNet) apply to a source folder, as in `nitro-edge export`.
     Backend options (for example `threads=` or `providers=` for onnx) pass through `options`.
     """
     path = Path(path)
     if backend != "auto":
         registry.backend(backend)  # refuses an unknown name
     if is_bundle(path):
-        given = dict(unet=unet, shift=shift, height=height, width=width)
+        given = dict(unet=unet, shift=shift, height=height, width=width, loras=loras or None)
         source_args = {k: v for k, v in given.items() if v is not None}
         if source_args:
             raise InputError(f"{sorted(source_args)} apply to a source folder, not to a bundle ({path})")
@@ -88,7 +90,7 @@ def load(
             raise InputError(f"a source folder runs on the torch backend only (export it for {backend!r})")
         if options:
             raise InputError(f"the torch backend takes no options {sorted(options)} for a source folder")
-        source = resolve_source(path, unet=unet, shift=shift)
+        source = resolve_source(path, unet=unet, shift=shift, loras=loras)
         dims, tokenizers, components = registry.backend("torch").load_module().load_source(source, height, width)
         return Sampler(dims=dims, params=source.params, tokenizers=tokenizers, components=components, backend="torch")
     raise SourceError(f"{path} is neither a bundle (manifest.json) nor a diffusers pipeline folder (model_index.json)")

@@ -33,6 +33,7 @@ class Source:
     shift_source: str  # "argument", "scheduler_config" or "default"
     licence: str | None
     tiny_vae: Path | None = None  # an AutoencoderTiny folder replacing the VAE decoder
+    loras: tuple = ()  # nitro_edge.models.lora.Lora files merged into the text encoder(s) and generator
 
     def describe(self) -> dict:
         return {
@@ -42,6 +43,7 @@ class Source:
             "shift_source": self.shift_source,
             "licence": self.licence,
             "tiny_vae": str(self.tiny_vae) if self.tiny_vae else None,
+            "loras": [lora.describe() for lora in self.loras],
         }
 
 
@@ -57,7 +59,11 @@ def is_pipeline_folder(path: Path) -> bool:
 
 
 def resolve_source(
-    path: str | Path, unet: str | Path | None = None, shift: int | None = None, tiny_vae: str | Path | None = None
+    path: str | Path,
+    unet: str | Path | None = None,
+    shift: int | None = None,
+    tiny_vae: str | Path | None = None,
+    loras=(),
 ) -> Source:
     """Recognise `path` (and `unet`), or raise SourceError saying what was found and what is expected."""
     path = Path(path)
@@ -106,7 +112,25 @@ def resolve_source(
     else:
         shift_value, shift_source = DEFAULT_SHIFT, "default"
     params = SamplerParams(schedule=schedule, shift=shift_value)
-    return Source(path, architecture, unet_file, params, shift_source, _licence(path, unet_file), _tiny_vae(tiny_vae))
+    return Source(
+        path,
+        architecture,
+        unet_file,
+        params,
+        shift_source,
+        _licence(path, unet_file),
+        _tiny_vae(tiny_vae),
+        _loras(loras),
+    )
+
+
+def _loras(loras) -> tuple:
+    """LoRA files as Lora records (given as Lora, or as "FILE[:SCALE]" strings or paths)."""
+    if not loras:
+        return ()
+    from nitro_edge.models.lora import Lora
+
+    return tuple(x if isinstance(x, Lora) else Lora.parse(str(x)) for x in loras)
 
 
 def _tiny_vae(folder: str | Path | None) -> Path | None:

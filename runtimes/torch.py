@@ -28,6 +28,11 @@ def load(bundle, precision: str = "fp32", components: Sequence[str] | None = Non
     path = src.get("path") and (bundle.root / src["path"] if not Path(src["path"]).is_absolute() else Path(src["path"]))
     if not path or not path.is_dir():
         raise SourceError(f"the torch backend needs the bundle's source folder, which is not here: {src.get('path')!r}")
-    source = resolve_source(path, unet=src.get("unet_file"), shift=bundle.params.shift, tiny_vae=src.get("tiny_vae"))
+    from nitro_edge.models.lora import Lora
+
+    loras = [Lora.recorded(entry) for entry in src.get("loras", [])]
+    source = resolve_source(
+        path, unet=src.get("unet_file"), shift=bundle.params.shift, tiny_vae=src.get("tiny_vae"), loras=loras
+    )
     _, _, comps = load_source(source, bundle.dims.height, bundle.dims.width)
     return {name: comps[name] for name, _ in selected(bundle, components)}

@@ -50,9 +50,12 @@ def shifted_lcm(config, shift):
     return scheduler
 
 
-def diffusers_images(path, arch, prompts, steps, shift, seed, monkeypatch):
+def diffusers_images(path, arch, prompts, steps, shift, seed, monkeypatch, prepare=None):
+    """diffusers' own pipeline (after `prepare(pipe)`, e.g. loading a LoRA) on the canonical noise stream."""
     cls = diffusers.StableDiffusionXLPipeline if arch == "sdxl" else diffusers.StableDiffusionPipeline
     pipe = cls.from_pretrained(path)
+    if prepare is not None:
+        prepare(pipe)
     pipe.scheduler = shifted_lcm(pipe.scheduler.config, shift)
     pipe.set_progress_bar_config(disable=True)
     c = pipe.unet.config

@@ -51,6 +51,11 @@ def export(
     unet: Optional[Path] = typer.Option(None, "--unet", help="UNet .safetensors replacing the source's"),
     shift: Optional[int] = typer.Option(None, "--shift", help="timestep shift (NitroSD: 250 Realism, 500 Vibrant)"),
     tiny_vae: Optional[Path] = typer.Option(None, "--tiny-vae", help="AutoencoderTiny (TAESD) folder as vae_decoder"),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="LoRA .safetensors (diffusers/PEFT or kohya), FILE[:SCALE], merged before conversion; repeatable",
+    ),
     onnx_optimize: bool = typer.Option(
         False, "--onnx-optimize", help="onnx: fuse attention and LayerNorm (ONNX Runtime's optimiser)"
     ),
@@ -110,6 +115,7 @@ def export(
                 unet=unet,
                 shift=shift,
                 tiny_vae=tiny_vae,
+                loras=lora,
                 options=options,
                 report=phases,
             )
@@ -140,6 +146,7 @@ def generate(
     width: Optional[int] = typer.Option(None, "--width", help="source folders only"),
     unet: Optional[Path] = typer.Option(None, "--unet", help="source folders only"),
     shift: Optional[int] = typer.Option(None, "--shift", help="source folders only"),
+    lora: list[str] = typer.Option([], "--lora", help="source folders only: LoRA FILE[:SCALE], repeatable"),
 ) -> None:
     """Generate images for PROMPT with a bundle or a source folder."""
     import nitro_edge
@@ -164,6 +171,7 @@ def generate(
             shift=shift,
             height=height,
             width=width,
+            loras=lora,
         )
     started = time.perf_counter()
     with console.status(f"generating on {sampler.backend} {sampler.precision}"):

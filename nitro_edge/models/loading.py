@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError, SourceError
+from nitro_edge.models import lora
 from nitro_edge.models.wrappers import Generator, TextEncoder, VaeDecoder, as_component
 from nitro_edge.sources import Source
 from nitro_edge.specs import COMPONENTS, ModelDims, component_specs
@@ -93,6 +94,7 @@ def load_module(source: Source, name: str):
         module = VaeDecoder(vae)
     else:
         raise InputError(f"component must be one of {COMPONENTS[source.architecture]}, got {name!r}")
+    lora.apply(source.loras, source.architecture, name, module)
     return module.eval().requires_grad_(False)
 
 
