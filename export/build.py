@@ -48,6 +48,7 @@ def export_bundle(
     shift: int | None = None,
     tiny_vae: str | Path | None = None,
     loras: Sequence = (),
+    prediction_type: str | None = None,
     options: Mapping[str, Mapping[str, object]] | None = None,
     report: Callable[[str], None] = log.info,
 ) -> Path:
@@ -74,7 +75,9 @@ def export_bundle(
     chosen = _target_options(targets, options or {})
     out = Path(out)
     existing = _existing_bundle(out)
-    src = resolve_source(source, unet=unet, shift=shift, tiny_vae=tiny_vae, loras=loras)
+    src = resolve_source(
+        source, unet=unet, shift=shift, tiny_vae=tiny_vae, loras=loras, prediction_type=prediction_type
+    )
     from nitro_edge.models.loading import load_module
 
     started = time.perf_counter()

@@ -50,6 +50,7 @@ def load(
     height: int | None = None,
     width: int | None = None,
     loras=(),
+    prediction_type: str | None = None,
     **options,
 ) -> Sampler:
     """A Sampler for a bundle (any backend) or a diffusers source folder (torch backend).
@@ -63,7 +64,9 @@ def load(
     if backend != "auto":
         registry.backend(backend)  # refuses an unknown name
     if is_bundle(path):
-        given = dict(unet=unet, shift=shift, height=height, width=width, loras=loras or None)
+        given = dict(
+            unet=unet, shift=shift, height=height, width=width, loras=loras or None, prediction_type=prediction_type
+        )
         source_args = {k: v for k, v in given.items() if v is not None}
         if source_args:
             raise InputError(f"{sorted(source_args)} apply to a source folder, not to a bundle ({path})")
@@ -85,12 +88,15 @@ def load(
             backend=backend,
             precision=precision,
         )
-    if is_pipeline_folder(path) or not path.exists():
+    if is_pipeline_folder(path) or not path.exists() or path.suffix == ".safetensors":
         if backend not in ("auto", "torch"):
             raise InputError(f"a source folder runs on the torch backend only (export it for {backend!r})")
         if options:
             raise InputError(f"the torch backend takes no options {sorted(options)} for a source folder")
-        source = resolve_source(path, unet=unet, shift=shift, loras=loras)
+        source = resolve_source(path, unet=unet, shift=shift, loras=loras, prediction_type=prediction_type)
         dims, tokenizers, components = registry.backend("torch").load_module().load_source(source, height, width)
         return Sampler(dims=dims, params=source.params, tokenizers=tokenizers, components=components, backend="torch")
-    raise SourceError(f"{path} is neither a bundle (manifest.json) nor a diffusers pipeline folder (model_index.json)")
+    raise SourceError(
+        f"{path} is neither a bundle (manifest.json), a diffusers pipeline folder (model_index.json) nor a "
+        "single-file .safetensors checkpoint"
+    )

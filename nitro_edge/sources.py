@@ -36,8 +36,10 @@ class Source:
     loras: tuple = ()  # nitro_edge.models.lora.Lora files merged into the text encoder(s) and generator
 
     def describe(self) -> dict:
+        single = self.path / "nitro_edge_single_file.json"  # converted from a single-file checkpoint
         return {
             "path": str(self.path),
+            **({"single_file": json.loads(single.read_text())} if single.is_file() else {}),
             "unet_file": str(self.unet_file) if self.unet_file else None,
             "architecture": self.architecture,
             "shift_source": self.shift_source,
@@ -64,19 +66,30 @@ def resolve_source(
     shift: int | None = None,
     tiny_vae: str | Path | None = None,
     loras=(),
+    prediction_type: str | None = None,
 ) -> Source:
-    """Recognise `path` (and `unet`), or raise SourceError saying what was found and what is expected."""
+    """Recognise `path` (and `unet`), or raise SourceError saying what was found and what is expected.
+
+    `path` is a diffusers pipeline folder, or a single-file checkpoint (.safetensors, the original
+    SD1.5/SD2.1/SDXL layout), converted once into a diffusers folder in the cache
+    (nitro_edge.models.single_file); `prediction_type` applies to single files only (SD2.x files
+    do not record it; epsilon unless given)."""
     path = Path(path)
-    expected = "expected a diffusers SD1.5, SD2.1 or SDXL pipeline folder (with model_index.json)"
+    expected = (
+        "expected a diffusers SD1.5, SD2.1 or SDXL pipeline folder (with model_index.json) or a single-file "
+        ".safetensors checkpoint"
+    )
     if not path.exists():
         raise SourceError(f"source not found: {path}; {expected}")
+    if path.is_file() and path.suffix == ".safetensors":
+        from nitro_edge.default_model import cache_dir
+        from nitro_edge.models import single_file
+
+        path, _ = single_file.cached_folder(path, cache_dir(), prediction_type or "epsilon")
+    elif prediction_type is not None:
+        raise SourceError("--prediction-type applies to single-file checkpoints only (a folder's scheduler says it)")
     if path.is_file():
-        hint = (
-            " (a UNet file goes in --unet, with its base pipeline folder as SOURCE)"
-            if path.suffix == ".safetensors"
-            else ""
-        )
-        raise SourceError(f"source {path} is a file{hint}; {expected}")
+        raise SourceError(f"source {path} is a file; {expected}")
     if not is_pipeline_folder(path):
         found = sorted(p.name for p in path.iterdir())[:8]
         raise SourceError(f"{path} has no model_index.json (found {found or 'nothing'}); {expected}")

@@ -82,8 +82,12 @@ class TrainConfig:
             for key in ("teacher", "prompts", "output"):
                 if not getattr(self, key):
                     raise InputError(f"{key} is required (--{key} or `{key}:` in the config)")
-            if not Path(self.teacher).is_dir():
-                raise InputError(f"teacher must be a diffusers pipeline folder, got {self.teacher!r} (not a folder)")
+            teacher = Path(self.teacher)
+            if not (teacher.is_dir() or (teacher.is_file() and teacher.suffix == ".safetensors")):
+                raise InputError(
+                    f"teacher must be a diffusers pipeline folder or a single-file .safetensors checkpoint, "
+                    f"got {self.teacher!r}"
+                )
             if not Path(self.prompts).exists():
                 raise InputError(f"prompts must be a file or folder of prompts, got {self.prompts!r} (not found)")
         return self

@@ -25,7 +25,7 @@ def plan(cfg: TrainConfig) -> dict:
     from nitro_edge.training.heads import HeadPool
 
     source = resolve_source(cfg.teacher, shift=cfg.shift)
-    root = Path(cfg.teacher)
+    root = source.path  # a single-file teacher is read from its converted folder
     with accelerate.init_empty_weights():
         unet = diffusers.UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
         encoders = [

@@ -32,6 +32,7 @@ _coreml = registry.target("coreml").options
 CoremlTarget = _choices("CoremlTarget", _coreml["deployment_target"])
 ComputeUnits = _choices("ComputeUnits", _coreml["compute_units"])
 Attention = _choices("Attention", _coreml["attention"])
+PredictionType = _choices("PredictionType", ["epsilon", "v_prediction"])
 
 
 def _console():
@@ -42,7 +43,9 @@ def _console():
 
 @app.command()
 def export(
-    source: Path = typer.Argument(..., help="diffusers pipeline folder (SD1.5, SD2.1, SDXL)"),
+    source: Path = typer.Argument(
+        ..., help="diffusers pipeline folder or single-file .safetensors (SD1.5, SD2.1, SDXL)"
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="bundle folder to write"),
     target: Target = typer.Option(Target.onnx, "--target", help="artifact format"),
     precision: Precision = typer.Option(Precision.fp32, "--precision"),
@@ -55,6 +58,9 @@ def export(
         [],
         "--lora",
         help="LoRA .safetensors (diffusers/PEFT or kohya), FILE[:SCALE], merged before conversion; repeatable",
+    ),
+    prediction_type: Optional[PredictionType] = typer.Option(
+        None, "--prediction-type", help="single-file SD2.x checkpoints: epsilon (512² models) or v_prediction (768²)"
     ),
     onnx_optimize: bool = typer.Option(
         False, "--onnx-optimize", help="onnx: fuse attention and LayerNorm (ONNX Runtime's optimiser)"
@@ -116,6 +122,7 @@ def export(
                 shift=shift,
                 tiny_vae=tiny_vae,
                 loras=lora,
+                prediction_type=prediction_type and prediction_type.value,
                 options=options,
                 report=phases,
             )
@@ -147,6 +154,9 @@ def generate(
     unet: Optional[Path] = typer.Option(None, "--unet", help="source folders only"),
     shift: Optional[int] = typer.Option(None, "--shift", help="source folders only"),
     lora: list[str] = typer.Option([], "--lora", help="source folders only: LoRA FILE[:SCALE], repeatable"),
+    prediction_type: Optional[PredictionType] = typer.Option(
+        None, "--prediction-type", help="single-file SD2.x checkpoints: epsilon or v_prediction"
+    ),
 ) -> None:
     """Generate images for PROMPT with a bundle or a source folder."""
     import nitro_edge
@@ -172,6 +182,7 @@ def generate(
             height=height,
             width=width,
             loras=lora,
+            prediction_type=prediction_type and prediction_type.value,
         )
     started = time.perf_counter()
     with console.status(f"generating on {sampler.backend} {sampler.precision}"):
