@@ -42,11 +42,13 @@ log = logging.getLogger(__name__)
 FIRST_STAGE_BETAS = (0.9, 0.999)  # plain regression: the usual Adam moments (the adversarial stage uses adam_betas)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Run (or resume) training into cfg.output; returns the student pipeline folder."""
+def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
+    """Run (or resume) training into cfg.output; returns the student pipeline folder.
+    `on_step(step, stats)` is called after every iteration with its logged numbers."""
     cfg.validate()
     with _tf32(cfg.tf32):
         run = setup(cfg)
+        run.on_step = on_step
         start = resume(run)
         bar = _progress(cfg.max_steps, start, run.acc.is_main_process and progress)
         for step in range(start, cfg.max_steps):
@@ -151,6 +153,7 @@ class Run:
     writer: object | None
     diagnostics: Diagnostics
     stage: str = ""  # "first" or "adversarial": what the student's optimiser is set up for
+    on_step: object = None  # callable(step, stats), or None
 
     @property
     def device(self) -> torch.device:
@@ -416,6 +419,8 @@ def record(run: Run, done: int, stats: dict, bar, g_loss: torch.Tensor) -> None:
     """Scalars, the progress bar, sample grids and checkpoints at their intervals."""
     cfg = run.cfg
     stats["head_age/mean"], stats["head_age/max"] = float(run.ages.float().mean()), float(run.ages.max())
+    if run.on_step is not None:
+        run.on_step(done, stats)
     if run.writer is not None and (done % cfg.log_every == 0 or done == cfg.max_steps):
         for key, value in {**stats, **run.diagnostics.scalars()}.items():
             run.writer.add_scalar(key, value, done)
