@@ -8,10 +8,11 @@ from pathlib import Path
 from nitro_edge import registry
 from nitro_edge.bundle import Bundle, is_bundle
 from nitro_edge.errors import InputError, SourceError
-from nitro_edge.sampler import Sampler
+from nitro_edge.sampler import OnDemand, Sampler
 from nitro_edge.sources import is_pipeline_folder, resolve_source
 
 log = logging.getLogger(__name__)
+MEMORY = ("normal", "low")
 auto_order = registry.auto_order  # kept here too: the name users of nitro_edge.api know
 
 
@@ -51,11 +52,15 @@ def load(
     width: int | None = None,
     loras=(),
     prediction_type: str | None = None,
+    memory: str = "normal",
     **options,
 ) -> Sampler:
     """A Sampler for a bundle (any backend) or a diffusers source folder (torch backend).
 
     `precision` picks the bundle's artifacts (None: its most exact, fp32 before fp16 before int8).
+    `memory="low"` loads each component of a bundle when generation reaches it and releases it after
+    (the text encoders, then the generator for all steps, then the decoder): peak memory about the
+    largest component and its activations, at the cost of loading (and compiling) every call.
     `unet`, `shift`, `height`, `width` and `loras` ("FILE[:SCALE]" LoRA files, merged into the text
     encoder(s) and the UNet) apply to a source folder, as in `nitro-edge export`.
     Backend options (for example `threads=` or `providers=` for onnx) pass through `options`.
@@ -63,6 +68,8 @@ def load(
     path = Path(path)
     if backend != "auto":
         registry.backend(backend)  # refuses an unknown name
+    if memory not in MEMORY:
+        raise InputError(f"memory must be one of {MEMORY}, got {memory!r}")
     if is_bundle(path):
         given = dict(
             unet=unet, shift=shift, height=height, width=width, loras=loras or None, prediction_type=prediction_type
@@ -79,7 +86,11 @@ def load(
             precision = pick_precision(bundle.targets().get(target, [])) if target else "fp32"
             if precision is None:
                 raise InputError(f"this bundle has no {target} artifacts; it holds {bundle.targets()}")
-        components = registry.backend(backend).load_module().load(bundle, precision, **options)
+        module = registry.backend(backend).load_module()
+        if memory == "low":
+            components = OnDemand(lambda names: module.load(bundle, precision, components=names, **options))
+        else:
+            components = module.load(bundle, precision, **options)
         return Sampler(
             dims=bundle.dims,
             params=bundle.params,
@@ -93,6 +104,8 @@ def load(
             raise InputError(f"a source folder runs on the torch backend only (export it for {backend!r})")
         if options:
             raise InputError(f"the torch backend takes no options {sorted(options)} for a source folder")
+        if memory != "normal":
+            raise InputError('memory="low" loads a bundle\'s components one at a time; a source folder loads whole')
         source = resolve_source(path, unet=unet, shift=shift, loras=loras, prediction_type=prediction_type)
         dims, tokenizers, components = registry.backend("torch").load_module().load_source(source, height, width)
         return Sampler(dims=dims, params=source.params, tokenizers=tokenizers, components=components, backend="torch")

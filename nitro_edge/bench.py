@@ -15,24 +15,39 @@ from pathlib import Path
 PROMPT = "a red circle at the top left"
 
 
-def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, options: dict | None = None) -> dict:
-    """One backend x precision (with backend `options`), in this process."""
+def measure(
+    bundle: str,
+    backend: str,
+    precision: str,
+    runs: int,
+    steps: int,
+    options: dict | None = None,
+    memory: str = "normal",
+) -> dict:
+    """One backend x precision (with backend `options`), in this process. With memory="low" the
+    component times include loading each component (what that mode costs)."""
     import nitro_edge
     from nitro_edge.bundle import Bundle
+    from nitro_edge.sampler import OnDemand
 
     t0 = time.perf_counter()
-    sampler = nitro_edge.load(bundle, backend, precision=precision, **(options or {}))
+    sampler = nitro_edge.load(bundle, backend, precision=precision, memory=memory, **(options or {}))
     cold = time.perf_counter() - t0
-    timings: dict[str, list[float]] = {n: [] for n in sampler.components}
-    for name, fn in list(sampler.components.items()):
+    timings: dict[str, list[float]] = {n: [] for n in Bundle.open(bundle, verify=False).specs}
 
-        def timed(_fn=fn, _name=name, **arrays):
+    def timed(name, fn):
+        def call(**arrays):
             start = time.perf_counter()
-            out = _fn(**arrays)
-            timings[_name].append(time.perf_counter() - start)
+            out = fn(**arrays)
+            timings[name].append(time.perf_counter() - start)
             return out
 
-        sampler.components[name] = timed
+        return call
+
+    if isinstance(sampler.components, OnDemand):
+        sampler.components.wrap = timed
+    else:
+        sampler.components = {name: timed(name, fn) for name, fn in sampler.components.items()}
     sampler.generate(PROMPT, steps=steps, seed=0)  # warm-up
     for v in timings.values():
         v.clear()
@@ -56,21 +71,38 @@ def measure(bundle: str, backend: str, precision: str, runs: int, steps: int, op
         "backend": backend,
         "precision": precision,
         "options": options or {},
+        "memory": memory,
         "steps": steps,
         "runs": runs,
         "cold_start_s": round(cold, 3),
         "end_to_end_s": _stats(ends),
         "components_s": {n: _stats(v) for n, v in timings.items()},
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_bytes() / 2**20, 1),
         "size_mib": round(size / 2**20, 2) if size is not None else None,
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. On Linux from /proc (VmHWM): getrusage's ru_maxrss keeps
+    the parent's peak across fork and exec, so a child started by a large process (a test run)
+    would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def _stats(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
-def run_all(bundle: str, backends: list[str], runs: int, steps: int, report=print) -> tuple[list[dict], list[dict]]:
+def run_all(
+    bundle: str, backends: list[str], runs: int, steps: int, report=print, memory: str = "normal"
+) -> tuple[list[dict], list[dict]]:
     """Every (backend, precision) the bundle holds for `backends`, each in a child process.
 
     Returns (results, problems): a problem is a backend skipped here (not installed, or it cannot
@@ -97,7 +129,18 @@ def run_all(bundle: str, backends: list[str], runs: int, steps: int, report=prin
                 continue
             report(f"bench {name} {precision}")
             child = subprocess.run(
-                [sys.executable, "-m", "nitro_edge.bench", bundle, name, precision, str(runs), str(steps)],
+                [
+                    sys.executable,
+                    "-m",
+                    "nitro_edge.bench",
+                    bundle,
+                    name,
+                    precision,
+                    str(runs),
+                    str(steps),
+                    "{}",
+                    memory,
+                ],
                 capture_output=True,
                 text=True,
             )
@@ -135,4 +178,5 @@ def plot(results: list[dict], path: Path) -> None:
 if __name__ == "__main__":
     bundle, backend, precision, runs, steps = sys.argv[1:6]
     options = json.loads(sys.argv[6]) if len(sys.argv) > 6 else None  # backend options, as JSON
-    print(json.dumps(measure(bundle, backend, precision, int(runs), int(steps), options)))
+    memory = sys.argv[7] if len(sys.argv) > 7 else "normal"
+    print(json.dumps(measure(bundle, backend, precision, int(runs), int(steps), options, memory)))

@@ -10,6 +10,8 @@ draws do not depend on whether latents were given).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 from collections.abc import Callable, Sequence
 
@@ -31,9 +33,46 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> tuple[np.random.Generato
     return rng, rng.standard_normal(shape, dtype=np.float32)
 
 
+class OnDemand:
+    """Components loaded when a phase of generation needs them and released after it (memory="low",
+    as Apple's reduceMemory): text encoders, then the generator for all its steps, then the decoder,
+    so the process holds about the largest component and its activations instead of all of them.
+    `load(names)` returns {name: component}; `wrap(name, component)` may wrap each (bench times them)."""
+
+    def __init__(self, load: Callable[[list[str]], dict], wrap: Callable | None = None):
+        self._load, self.wrap = load, wrap
+
+    @contextlib.contextmanager
+    def use(self, name: str):
+        loaded = self._load([name])
+        held = _Held(self.wrap(name, loaded[name]) if self.wrap else loaded[name])
+        try:
+            yield held
+        finally:
+            held.release()  # the caller's name for it must not keep the session alive either
+            del loaded
+            gc.collect()
+
+
+class _Held:
+    """A component lent for one phase; released (and unusable) after it."""
+
+    def __init__(self, component: Component):
+        self._component = component
+
+    def __call__(self, **arrays):
+        if self._component is None:
+            raise RuntimeError("this component was released after its phase (memory='low')")
+        return self._component(**arrays)
+
+    def release(self) -> None:
+        self._component = None
+
+
 class Sampler:
     """Text to image in 1 to 4 steps with a one-step generator and the shifted LCM schedule.
 
+    `components` are resident ({name: component}) or an OnDemand (loaded per phase).
     generate() may be called from several threads; calls are serialised by one lock, since
     backends differ in whether their sessions are re-entrant.
     """
@@ -44,7 +83,7 @@ class Sampler:
         dims: ModelDims,
         params: SamplerParams,
         tokenizers: Sequence[ClipTokenizer],
-        components: dict[str, Component],
+        components: dict[str, Component] | OnDemand,
         backend: str,
         precision: str = "fp32",
     ):
@@ -61,10 +100,23 @@ class Sampler:
     def architecture(self) -> str:
         return self.dims.architecture
 
+    @property
+    def memory(self) -> str:
+        return "low" if isinstance(self.components, OnDemand) else "normal"
+
+    def _use(self, name: str):
+        """A context giving component `name`: the resident one, or one loaded for this phase."""
+        if isinstance(self.components, OnDemand):
+            return self.components.use(name)
+        return contextlib.nullcontext(self.components[name])
+
     def encode(self, prompts: list[str]) -> dict[str, np.ndarray]:
         """The generator's text conditioning for a batch of prompts."""
         names = ["text_encoder"] + [f"text_encoder_{i + 2}" for i in range(len(self.tokenizers) - 1)]
-        outs = [self.components[n](input_ids=tok(prompts)) for n, tok in zip(names, self.tokenizers)]
+        outs = []
+        for name, tok in zip(names, self.tokenizers):
+            with self._use(name) as encoder:
+                outs.append(encoder(input_ids=tok(prompts)))
         cond = {"encoder_hidden_states": np.concatenate([o["encoder_hidden_states"] for o in outs], axis=-1)}
         if self.architecture == "sdxl":
             cond["text_embeds"] = outs[-1]["text_embeds"]
@@ -107,20 +159,20 @@ class Sampler:
         lcm_t = self.params.lcm_timesteps(steps)
         gen_t = self.params.generator_timesteps(steps)
         batch = len(prompts)
-        for i, t in enumerate(gen_t):
-            denoised = self.components["generator"](
-                sample=sample, timestep=np.full((batch,), t, dtype=np.int64), **cond
-            )["denoised"]
-            if i + 1 < steps:
-                # Re-noise toward the next, unshifted, LCM timestep.
-                noise = rng.standard_normal(sample.shape, dtype=np.float32)
-                a = self._alphas[lcm_t[i + 1]]
-                sample = (np.sqrt(a) * denoised + np.sqrt(1 - a) * noise).astype(np.float32)
-            else:
-                sample = denoised
-            if progress is not None and progress(i + 1, steps) is False:
-                raise Cancelled(f"generation cancelled by the progress callback after step {i + 1} of {steps}")
-        return self.components["vae_decoder"](latents=sample)["image"]
+        with self._use("generator") as generator:
+            for i, t in enumerate(gen_t):
+                denoised = generator(sample=sample, timestep=np.full((batch,), t, dtype=np.int64), **cond)["denoised"]
+                if i + 1 < steps:
+                    # Re-noise toward the next, unshifted, LCM timestep.
+                    noise = rng.standard_normal(sample.shape, dtype=np.float32)
+                    a = self._alphas[lcm_t[i + 1]]
+                    sample = (np.sqrt(a) * denoised + np.sqrt(1 - a) * noise).astype(np.float32)
+                else:
+                    sample = denoised
+                if progress is not None and progress(i + 1, steps) is False:
+                    raise Cancelled(f"generation cancelled by the progress callback after step {i + 1} of {steps}")
+        with self._use("vae_decoder") as decoder:
+            return decoder(latents=sample)["image"]
 
     @staticmethod
     def _check_latents(latents: np.ndarray, shape: tuple) -> np.ndarray:

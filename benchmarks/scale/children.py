@@ -4,7 +4,6 @@ runs CHILDREN[name](*args) through this file and returns its JSON result with wa
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -172,7 +171,9 @@ def in_child(name: str, *args) -> dict:
 
 def _child_main(name: str, args_json: str) -> None:
     result = CHILDREN[name](*json.loads(args_json))
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    from nitro_edge.bench import peak_rss_bytes
+
+    result["peak_rss_gib"] = peak_rss_bytes() / 2**30
     print(json.dumps(result), flush=True)
 
 

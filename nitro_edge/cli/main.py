@@ -33,6 +33,7 @@ CoremlTarget = _choices("CoremlTarget", _coreml["deployment_target"])
 ComputeUnits = _choices("ComputeUnits", _coreml["compute_units"])
 Attention = _choices("Attention", _coreml["attention"])
 PredictionType = _choices("PredictionType", ["epsilon", "v_prediction"])
+Memory = _choices("Memory", ["normal", "low"])
 
 
 def _console():
@@ -157,6 +158,9 @@ def generate(
     prediction_type: Optional[PredictionType] = typer.Option(
         None, "--prediction-type", help="single-file SD2.x checkpoints: epsilon or v_prediction"
     ),
+    memory: Memory = typer.Option(
+        Memory("normal"), "--memory", help="low: load each component when needed and release it (less RSS, slower)"
+    ),
 ) -> None:
     """Generate images for PROMPT with a bundle or a source folder."""
     import nitro_edge
@@ -183,6 +187,7 @@ def generate(
             width=width,
             loras=lora,
             prediction_type=prediction_type and prediction_type.value,
+            memory=memory.value,
         )
     started = time.perf_counter()
     with console.status(f"generating on {sampler.backend} {sampler.precision}"):
@@ -257,6 +262,7 @@ def bench(
     steps: int = typer.Option(1, "--steps"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write a PNG chart"),
+    memory: Memory = typer.Option(Memory("normal"), "--memory", help="low: each component loaded when needed"),
 ) -> None:
     """Latency (cold and warm, per component and end to end), peak RSS and size, per backend and precision."""
     import json
@@ -267,7 +273,7 @@ def bench(
         raise InputError(f"--runs must be at least 1, got {runs}")
     backends = [b.name for b in registry.BACKENDS if b.target] if backend.value == "all" else [backend.value]
     console = _console()
-    results, problems = run_all(str(bundle), backends, runs, steps, report=console.log)
+    results, problems = run_all(str(bundle), backends, runs, steps, report=console.log, memory=memory.value)
     failed = [p for p in problems if p["status"] == "failed"]
     if not results:
         reasons = "; ".join(f"{p['backend']} {p['precision']}: {p['status']}, {p['reason']}" for p in problems)
