@@ -21,10 +21,11 @@ def regression_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(fake.float(), real.float())
 
 
-def regression_step(run, batch, gen: torch.Generator, stats: dict, accumulation: int) -> torch.Tensor:
-    """One micro-batch: the student's one-step x̂0 from the teacher's noise, held to the teacher's x0."""
+def regression_step(run, batch, k: int, gen: torch.Generator, stats: dict, accumulation: int) -> torch.Tensor:
+    """One micro-batch: the student's x̂0 after k steps from the teacher's noise (the earlier steps
+    without gradient, as in the adversarial stage), held to the teacher's x0 from that noise."""
     with run.acc.autocast():
-        fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, 1, run.alphas, gen).float()
+        fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen).float()
         loss = regression_loss(fake, batch.real)
     run.acc.backward(loss / accumulation)
     stats["loss_first_stage/mse"] = stats.get("loss_first_stage/mse", 0.0) + float(loss.detach()) / accumulation

@@ -57,18 +57,14 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
             shared = step_generator(cfg.seed, step, -1)  # the same on every rank: heads, k, refresh
             if step < cfg.first_stage_steps:
                 # 0. First stage (optional): a one-step starting point, by regressing the student's
-                # one-step x̂0 onto the teacher's x0 from the same noise (the paper starts from one).
+                # x̂0 onto the teacher's x0 from the same noise (the paper starts from one-step weights).
                 stats = {}
                 _stage(run, "first")
                 for micro in range(cfg.gradient_accumulation):
+                    k = steps_for(step, cfg.refine_starts, shared)  # the same bottom-up schedule as below
+                    batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
                     with _no_sync(run, micro == cfg.gradient_accumulation - 1):
-                        loss = regression_step(
-                            run,
-                            data_batch(run, step * cfg.gradient_accumulation + micro, gen),
-                            gen,
-                            stats,
-                            cfg.gradient_accumulation,
-                        )
+                        loss = regression_step(run, batch, k, gen, stats, cfg.gradient_accumulation)
                 update(run, {}, stats)
                 stats["images_per_s"] = (
                     cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
