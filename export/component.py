@@ -14,6 +14,17 @@ import numpy as np
 from nitro_edge.specs import ComponentSpec
 
 
+@dataclass(frozen=True)
+class Variant:
+    """Another way a runtime opens a target's artifacts, held to its own floor by the gate (per
+    component and end to end): the ONNX .ort files, OpenVINO at the device's default precision."""
+
+    options: dict  # runtime load() options that select it
+    floor: str | None = None  # the precision whose floors apply; None: the artifact's own
+    facts: dict = field(default_factory=dict)  # recorded beside its figures (e.g. the compute precision)
+    required: bool = True  # False: a variant under its floor is recorded as not passing, the export goes on
+
+
 @dataclass
 class ComponentSource:
     spec: ComponentSpec

@@ -59,7 +59,7 @@ class Options:
             facts["attention"] = self.attention
         return facts
 
-    def gate_variants(self) -> dict[str, dict]:
+    def gate_variants(self, precision: str) -> dict:
         """Other ways a runtime opens these artifacts (none for this target)."""
         return {}
 

@@ -31,6 +31,7 @@ import numpy as np
 from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
+from nitro_edge.export.component import Variant
 from nitro_edge.specs import BATCH, ComponentSpec
 
 OPSET = 17
@@ -70,9 +71,9 @@ class Options:
     def facts(self, component: str) -> dict:
         return {"graph_optimized": self.optimize}
 
-    def gate_variants(self) -> dict[str, dict]:
+    def gate_variants(self, precision: str) -> dict[str, Variant]:
         """Other ways a runtime opens these artifacts, each held to the same parity floor."""
-        return {"ort_format": {"ort_format": True}} if self.ort_format else {}
+        return {"ort_format": Variant({"ort_format": True})} if self.ort_format else {}
 
 
 def trace(module, spec: ComponentSpec, example: dict[str, np.ndarray], folder: Path) -> list[Path]:

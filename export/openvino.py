@@ -16,6 +16,7 @@ from pathlib import Path
 from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
+from nitro_edge.export.component import Variant
 
 PRECISIONS = registry.target("openvino").precisions
 
@@ -27,9 +28,23 @@ class Options:
     def facts(self, component: str) -> dict:
         return {}
 
-    def gate_variants(self) -> dict[str, dict]:
-        """Other ways a runtime opens these artifacts (none for this target)."""
-        return {}
+    def gate_variants(self, precision: str) -> dict[str, Variant]:
+        """fp32 and fp16 bundles are also held at the CPU's default compute precision (bf16 where the
+        CPU has bf16 units), at the fp16 floors: passing, the runtime computes in it by default."""
+        if precision.startswith("int8"):
+            return {}  # int8 bundles are gated at the device's default already
+        compute = device_default_precision()
+        return {
+            "device_default": Variant(
+                {"inference_precision": None}, floor="fp16", facts={"inference_precision": compute}, required=False
+            )
+        }
+
+
+def device_default_precision(device: str = "CPU") -> str:
+    """What the OpenVINO plugin computes floating-point layers in unless told: bf16, f16 or f32."""
+    ov = require("openvino", "openvino")
+    return ov.Core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
 
 
 def static_shapes(spec) -> dict:

@@ -88,7 +88,11 @@ def load(
                 raise InputError(f"this bundle has no {target} artifacts; it holds {bundle.targets()}")
         module = registry.backend(backend).load_module()
         if memory == "low":
-            components = OnDemand(lambda names: module.load(bundle, precision, components=names, **options))
+            resolve = getattr(module, "compute_precision", None)
+            components = OnDemand(
+                lambda names: module.load(bundle, precision, components=names, **options),
+                compute=resolve(bundle, precision, **options) if resolve else None,
+            )
         else:
             components = module.load(bundle, precision, **options)
         return Sampler(

@@ -39,8 +39,8 @@ class OnDemand:
     so the process holds about the largest component and its activations instead of all of them.
     `load(names)` returns {name: component}; `wrap(name, component)` may wrap each (bench times them)."""
 
-    def __init__(self, load: Callable[[list[str]], dict], wrap: Callable | None = None):
-        self._load, self.wrap = load, wrap
+    def __init__(self, load: Callable[[list[str]], dict], wrap: Callable | None = None, compute: str | None = None):
+        self._load, self.wrap, self.compute = load, wrap, compute
 
     @contextlib.contextmanager
     def use(self, name: str):
@@ -99,6 +99,14 @@ class Sampler:
     @property
     def architecture(self) -> str:
         return self.dims.architecture
+
+    @property
+    def compute(self) -> str | None:
+        """The arithmetic the backend runs the artifacts in, where it says (OpenVINO: f32, bf16)."""
+        if isinstance(self.components, OnDemand):
+            return self.components.compute
+        found = sorted({c.compute for c in self.components.values() if getattr(c, "compute", None)})
+        return "/".join(found) or None
 
     @property
     def memory(self) -> str:

@@ -43,17 +43,21 @@ def load(
     """OpenVINO components (all, or only `components`) compiled for `device`; `cache_dir` keeps
     compiled blobs between runs.
 
-    `inference_precision` "auto" means f32 for fp32 and fp16 bundles (on CPUs with bf16 units
-    OpenVINO would otherwise compute in bf16 and lose the bundle's measured parity) and the device's
-    default for int8 bundles (bf16 where the CPU has it: the weights are 8-bit already, and f32
-    would unpack them to f32 in memory; the export gate measures parity this way). Pass None for
-    the device's default, or "f32"/"f16"/"bf16".
+    `inference_precision` "auto": int8 bundles compute at the device's default (bf16 where the CPU
+    has it: the weights are 8-bit already, and f32 would unpack them to f32 in memory; their gate
+    measured them so); fp32 and fp16 bundles compute at the device's default too when their export
+    gate held that precision to the fp16 floors on a CPU with the same default (the manifest's
+    `device_default` variant), else in f32. None: the device's default; or "f32"/"f16"/"bf16".
+    Each component says what it computes in as its `compute` attribute.
     """
     ov = require("openvino", "openvino")
     core = ov.Core()
     if device.split(":")[0] not in {d.split(".")[0] for d in core.available_devices} and device != "AUTO":
         raise InputError(f"OpenVINO device {device!r} is not available here; available: {core.available_devices}")
+    if inference_precision == "auto":
+        inference_precision = resolve_inference_precision(bundle, precision, device)
     config = compile_config(precision, hint, threads, inference_precision, cache_dir)
+    compute = inference_precision or _device_default(core, device)
     comps = {}
     for name, spec in selected(bundle, components):
         path = bundle.artifact_path(name, "openvino", precision)
@@ -64,7 +68,38 @@ def load(
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses for bad IR files
             raise BundleError(f"OpenVINO cannot load {path.name}: {str(exc).splitlines()[0]}") from exc
         comps[name] = as_component(compiled, spec)
+        comps[name].compute = compute
     return comps
+
+
+def resolve_inference_precision(bundle, precision: str, device: str = "CPU") -> str | None:
+    """What "auto" means for this bundle here (see load()): None for the device's default, else "f32"."""
+    if precision.startswith("int8"):
+        return None
+    parity = bundle.manifest.get("parity", {}).get(f"openvino/{precision}", {})
+    variant = parity.get("variants", {}).get("device_default", {})
+    ov = require("openvino", "openvino")
+    here = _device_default(ov.Core(), device)
+    if here == "f32" or (variant.get("passed") and variant.get("inference_precision") == here):
+        return None
+    return "f32"
+
+
+def compute_precision(
+    bundle, precision: str, device: str = "CPU", inference_precision: str | None = "auto", **_
+) -> str:
+    """What load() would compute in, without compiling anything."""
+    ov = require("openvino", "openvino")
+    if inference_precision == "auto":
+        inference_precision = resolve_inference_precision(bundle, precision, device)
+    return inference_precision or _device_default(ov.Core(), device)
+
+
+def _device_default(core, device: str) -> str:
+    try:
+        return _type_name(core.get_property(device.split(":")[0], "INFERENCE_PRECISION_HINT"))
+    except Exception:  # a device without the property (some NPUs) computes in what it has
+        return "device default"
 
 
 def compile_config(
@@ -74,7 +109,8 @@ def compile_config(
     inference_precision: str | None = "auto",
     cache_dir: str | None = None,
 ) -> dict:
-    """The OpenVINO properties load() compiles with (see load() for `inference_precision`)."""
+    """The OpenVINO properties load() compiles with. Here "auto" has no bundle to read: the device's
+    default for int8 bundles, f32 for the others (load() resolves "auto" from the bundle first)."""
     if hint not in HINTS:
         raise InputError(f"hint must be one of {HINTS}, got {hint!r}")
     if inference_precision == "auto":
@@ -87,3 +123,8 @@ def compile_config(
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
+
+
+def _type_name(value) -> str:
+    """An OpenVINO element type as its short name (bf16, f32), whatever the binding returns."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()

@@ -161,7 +161,8 @@ def test_onnx_fusion_and_ort_format(precision, tiny_source, tmp_path):
     assert fused["MultiHeadAttention"] + fused["Attention"] > 0 and fused["SkipLayerNormalization"] > 0, fused
     assert bundle.artifact("generator", "onnx", precision)["graph_optimized"] is True
     parity = bundle.manifest["parity"][f"onnx/{precision}"]
-    assert set(parity["variants"]["ort_format"]) == {"text_encoder", "generator", "vae_decoder"}
+    ort = parity["variants"]["ort_format"]
+    assert set(ort["components"]) == {"text_encoder", "generator", "vae_decoder"} and ort["end_to_end_psnr_db"] > 0
     ref = nitro_edge.load(tiny_source("sd15"), backend="torch", shift=500).generate(
         "a red circle", seed=3, output="numpy"
     )

@@ -137,3 +137,29 @@ def test_load_can_open_only_some_components(tiny_bundle):
     assert list(onnx_rt.load(bundle, "fp32", components=["vae_decoder"])) == ["vae_decoder"]
     with pytest.raises(InputError, match=r"components must be among .* got \['unet'\]"):
         onnx_rt.load(bundle, "fp32", components=["unet"])
+
+
+def test_openvino_computes_at_the_device_default_only_where_the_gate_held_it():
+    """fp32/fp16 bundles run at the CPU's default (bf16 here) only when their gate measured that
+    precision within the fp16 floors on a CPU with the same default; int8 always; else f32."""
+    pytest.importorskip("openvino")
+    from types import SimpleNamespace
+
+    import openvino
+
+    from nitro_edge.runtimes.openvino import _device_default, resolve_inference_precision
+
+    here = _device_default(openvino.Core(), "CPU")
+
+    def bundle(variant):
+        variants = {"device_default": variant} if variant else {}
+        return SimpleNamespace(manifest={"parity": {"openvino/fp32": {"variants": variants}}})
+
+    assert resolve_inference_precision(bundle(None), "int8") is None
+    if here == "f32":  # nothing to choose on a CPU without a faster default
+        assert resolve_inference_precision(bundle(None), "fp32") is None
+        return
+    assert resolve_inference_precision(bundle(None), "fp32") == "f32"
+    assert resolve_inference_precision(bundle({"passed": False, "inference_precision": here}), "fp32") == "f32"
+    assert resolve_inference_precision(bundle({"passed": True, "inference_precision": "f16"}), "fp32") == "f32"
+    assert resolve_inference_precision(bundle({"passed": True, "inference_precision": here}), "fp32") is None

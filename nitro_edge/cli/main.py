@@ -197,9 +197,8 @@ def generate(
     output.parent.mkdir(parents=True, exist_ok=True)
     for image, path in zip(images, paths):
         image.save(path)
-    console.print(
-        f"{len(paths)} image(s) on {sampler.backend} {sampler.precision} in {elapsed:.2f} s: {', '.join(map(str, paths))}"
-    )
+    ran = f"{sampler.backend} {sampler.precision}" + (f" ({sampler.compute} compute)" if sampler.compute else "")
+    console.print(f"{len(paths)} image(s) on {ran} in {elapsed:.2f} s: {', '.join(map(str, paths))}")
 
 
 @app.command()
@@ -208,6 +207,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Describe a bundle: model, sampler, artifacts, parity, provenance."""
+    import importlib.util
     import json
 
     from nitro_edge.bundle import Bundle
@@ -252,6 +252,19 @@ def info(
             f"(floor {parity['floor']['psnr_db']}), worst component SNR "
             f"{min(c['snr_db'] for c in comps.values())} dB, max abs {max(c['max_abs'] for c in comps.values()):.2e}"
         )
+        for label, variant in parity.get("variants", {}).items():
+            how = f" ({variant['inference_precision']} compute)" if variant.get("inference_precision") else ""
+            verdict = (
+                f"{variant['end_to_end_psnr_db']} dB end to end (floor of {variant['floor']})"
+                if variant.get("passed", True)
+                else f"not passing: {variant.get('reason')}"
+            )
+            console.print(f"  {label}{how}: {verdict}")
+    if "openvino" in b.targets() and importlib.util.find_spec("openvino"):
+        from nitro_edge.runtimes.openvino import compute_precision
+
+        for precision in b.targets()["openvino"]:
+            console.print(f"openvino {precision} computes in {compute_precision(b, precision)} here (by default)")
 
 
 @app.command()
