@@ -1,5 +1,5 @@
 """The torch reference an export is held to: each component's parity inputs (from a real sampling
-run), torch's outputs on them, torch's images, and calibration inputs for int8-hybrid. Computed once
+run), torch's outputs on them, torch's images, and calibration inputs for int8 activations. Computed once
 with the whole pipeline loaded, then the modules are released before any conversion starts."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from nitro_edge.specs import COMPONENTS, Component, ComponentSpec, ModelDims, co
 
 PARITY_PROMPTS = ("a red circle at the top left", "a photograph of an astronaut riding a horse")
 PARITY_SEED = 0
+ACTIVATIONS_QUANTISED = ("int8-hybrid", "int8-act")  # the precisions that need calibration inputs
 CALIBRATION_PROMPTS = (
     "a red circle at the top left",
     "a blue square in the centre",
@@ -35,7 +36,7 @@ class Reference:
     inputs: dict[str, dict[str, np.ndarray]]  # per component: the parity inputs (batch 2)
     outputs: dict[str, dict[str, np.ndarray]]  # per component: what torch returned on them
     images: np.ndarray  # torch's images for PARITY_PROMPTS at PARITY_SEED, one step
-    calibration: dict[str, list[dict[str, np.ndarray]]]  # per component: batch-1 inputs (int8-hybrid only)
+    calibration: dict[str, list[dict[str, np.ndarray]]]  # per component: batch-1 inputs (int8-hybrid/-act only)
 
     def replay(self, name: str) -> Component:
         """A component that gives torch's outputs on the parity inputs (the only inputs it gets)."""
@@ -57,7 +58,7 @@ def reference_run(src: Source, height: int | None, width: int | None, precision:
     torch_components = {n: as_component(modules[n], specs[n]) for n in COMPONENTS[dims.architecture]}
     sampler = Sampler(dims=dims, params=src.params, tokenizers=tokenizers, components=torch_components, backend="torch")
     inputs = component_inputs(sampler, list(PARITY_PROMPTS))
-    calibration = calibration_inputs(sampler) if precision == "int8-hybrid" else {}
+    calibration = calibration_inputs(sampler) if precision in ACTIVATIONS_QUANTISED else {}
     images = sampler.generate(list(PARITY_PROMPTS), steps=1, seed=PARITY_SEED, output="numpy")
     outputs = {n: torch_components[n](**inputs[n]) for n in torch_components}
     del torch_components, sampler, modules

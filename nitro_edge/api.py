@@ -34,7 +34,7 @@ def choose_backend(bundle: Bundle, precision: str | None = None) -> tuple[str, s
 
 
 # Which precision a bundle runs at when none is asked for: the most exact one it holds.
-PRECISION_ORDER = ("fp32", "fp16", "int8-hybrid", "int8", "pal8", "pal6", "pal4")
+PRECISION_ORDER = ("fp32", "fp16", "int8-hybrid", "int8", "int8-act", "pal8", "pal6", "pal4")
 
 
 def pick_precision(held) -> str | None:

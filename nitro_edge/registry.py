@@ -73,7 +73,7 @@ class Backend:
 PLATFORM_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}  # platform.system() -> words
 TARGETS: tuple[Target, ...] = (
     Target("onnx", ("fp32", "fp16", "int8"), extra="onnx", requires=("onnx", "onnxruntime")),
-    Target("openvino", ("fp32", "fp16", "int8", "int8-hybrid"), extra="openvino", requires=("openvino",)),
+    Target("openvino", ("fp32", "fp16", "int8", "int8-hybrid", "int8-act"), extra="openvino", requires=("openvino",)),
     Target(
         "coreml",
         ("fp32", "fp16", "int8", "pal4", "pal6", "pal8"),

@@ -46,6 +46,7 @@ FLOORS = {
     "fp16": Floor(psnr_db=35.0, component_snr_db=30.0),
     "int8": Floor(psnr_db=25.0, component_snr_db=15.0),
     "int8-hybrid": Floor(psnr_db=25.0, component_snr_db=15.0),
+    "int8-act": Floor(psnr_db=25.0, component_snr_db=15.0),
     "pal8": Floor(psnr_db=25.0, component_snr_db=15.0),
     "pal6": Floor(psnr_db=20.0, component_snr_db=10.0),
     "pal4": Floor(psnr_db=15.0, component_snr_db=5.0),

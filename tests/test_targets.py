@@ -22,6 +22,7 @@ REPRESENTATIVE = {
     ("openvino", "int8"),
     ("coreml", "int8"),
     ("openvino", "int8-hybrid"),
+    ("openvino", "int8-act"),
     ("coreml", "pal6"),
 }
 MATRIX = [
