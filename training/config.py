@@ -47,6 +47,7 @@ class TrainConfig:
     disc_timesteps: list[int] = field(default_factory=lambda: [10, 250, 500, 750])
     pool_size: int = 480
     head_width: int = 64
+    heads_per_slot: int = 1  # candidates trained per (t*, task, level) each step (up to the pool's candidates)
     refresh_rate: float = 0.01
     local_fraction: float = 0.5  # side of a local crop, as a fraction of each feature map
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # head tasks in the pool (ablations drop some)
@@ -111,6 +112,7 @@ class TrainConfig:
             "teacher_steps",
             "pool_size",
             "head_width",
+            "heads_per_slot",
             "checkpoint_every",
             "sample_every",
             "log_every",

@@ -91,20 +91,34 @@ class HeadPool(nn.Module):
             + candidate
         )
 
-    def select_all(self, generator: torch.Generator, batch: int) -> tuple[list[int], dict[int, dict[str, list[int]]]]:
+    def select_all(
+        self, generator: torch.Generator, batch: int, per_slot: int = 1
+    ) -> tuple[list[int], dict[int, dict[str, list[int]]]]:
         """A discriminator timestep per sample (balanced over the timesteps, random order) and, for
-        each timestep present, one head per (task, level): {t*: {task: [head index per level]}}."""
+        each timestep present, `per_slot` distinct candidates per (task, level):
+        {t*: {task: [head indices, level by level]}} (a head's level is self.slots[i].level)."""
         order = torch.randperm(len(self.timesteps), generator=generator).tolist()
         per_sample = [self.timesteps[order[i % len(order)]] for i in range(batch)]
+        per_slot = min(per_slot, self.candidates)
         picks = {}
         for t in self.timesteps:
-            cands = {
-                task: torch.randint(self.candidates, (self.levels,), generator=generator).tolist()
-                for task in self.tasks
-            }
+            if per_slot == 1:
+                cands = {
+                    task: [[c] for c in torch.randint(self.candidates, (self.levels,), generator=generator).tolist()]
+                    for task in self.tasks
+                }
+            else:
+                cands = {
+                    task: [
+                        torch.randperm(self.candidates, generator=generator)[:per_slot].tolist()
+                        for _ in range(self.levels)
+                    ]
+                    for task in self.tasks
+                }
             if t in per_sample:
                 picks[t] = {
-                    task: [self.index(t, task, level, c) for level, c in enumerate(cands[task])] for task in self.tasks
+                    task: [self.index(t, task, level, c) for level, cs in enumerate(cands[task]) for c in cs]
+                    for task in self.tasks
                 }
         return per_sample, picks
 

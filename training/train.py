@@ -72,8 +72,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
                 record(run, step + 1, stats, bar, loss)
                 continue
             _stage(run, "adversarial")
-            # One discriminator timestep per sample (balanced), one head per (t*, task, level).
-            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size)
+            # One discriminator timestep per sample (balanced); heads_per_slot heads per (t*, task, level).
+            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size, cfg.heads_per_slot)
             stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in run.pool.tasks}
             for micro in range(cfg.gradient_accumulation):
                 sync = micro == cfg.gradient_accumulation - 1
@@ -540,8 +540,12 @@ def _judge(pool, picks, view: Judging, features, fraction) -> dict:
             maps = features[_cond(task)]
             local = task != "global_cond"
             out[(t, task)] = [
-                pool.heads[i](crop(maps[level][rows], fraction, view.corner) if local else maps[level][rows])
-                for level, i in enumerate(ids)
+                pool.heads[i](
+                    crop(maps[pool.slots[i].level][rows], fraction, view.corner)
+                    if local
+                    else maps[pool.slots[i].level][rows]
+                )
+                for i in ids
             ]
     return out
 
