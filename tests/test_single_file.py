@@ -10,10 +10,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
-from single_file_writer import write_single_file  # noqa: E402
 
 import nitro_edge  # noqa: E402
 from nitro_edge.errors import SourceError  # noqa: E402
+from nitro_edge.models.single_file_writer import write as write_single_file  # noqa: E402
 from nitro_edge.tiny import write_clip_tokenizer  # noqa: E402
 
 PROMPTS = ["a red circle at the top left", "a photograph of an astronaut riding a horse"]

@@ -1,15 +1,16 @@
-"""Write a diffusers SD1.5 / SD2.1 / SDXL pipeline folder as one file in the original (LDM) layout,
-as A1111 and ComfyUI checkpoints are: the UNet under model.diffusion_model., the VAE under
+"""A diffusers SD1.5 / SD2.1 / SDXL pipeline folder written as one file in the original (LDM) layout
+that A1111, ComfyUI and stable-diffusion.cpp read: the UNet under model.diffusion_model., the VAE under
 first_stage_model., CLIP under cond_stage_model.transformer. (SD1.5) or conditioner.embedders.0.
-(SDXL), OpenCLIP under cond_stage_model.model. (SD2.x, with the unused last layer SD2 files carry)
-or conditioner.embedders.1.model. (SDXL). For the round-trip tests only; nitro-edge reads such files
-with diffusers' converters (nitro_edge/models/single_file.py)."""
+(SDXL), OpenCLIP under cond_stage_model.model. (SD2.x, with the unused last layer SD2 files carry) or
+conditioner.embedders.1.model. (SDXL). The inverse of nitro_edge.models.single_file (which reads such
+files with diffusers' converters); the benchmark hands peers the same weights through it, and the
+tests round-trip the tiny models.
+"""
 
 import json
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
+from nitro_edge._lazy import require
 
 RESNET = {
     "norm1": "in_layers.0",
@@ -115,6 +116,7 @@ def clip_to_ldm(state: dict, prefix: str) -> dict:
 
 def clip_to_openclip(state: dict, prefix: str, extra_layer: bool) -> dict:
     """HF CLIP text weights as OpenCLIP's (fused in_proj, resblocks, ln_final, text_projection)."""
+    torch = require("torch", "torch")
     out = {
         prefix + "token_embedding.weight": state["text_model.embeddings.token_embedding.weight"],
         prefix + "positional_embedding": state["text_model.embeddings.position_embedding.weight"],
@@ -139,8 +141,11 @@ def clip_to_openclip(state: dict, prefix: str, extra_layer: bool) -> dict:
     return {k: v.clone().contiguous() for k, v in out.items()}
 
 
-def write_single_file(folder: Path, out: Path) -> Path:
+def write(folder: Path, out: Path) -> Path:
+    """Write the diffusers pipeline `folder` as one single-file checkpoint at `out`, in the original layout."""
+    require("torch", "torch")
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
