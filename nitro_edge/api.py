@@ -81,7 +81,9 @@ def load(
         if backend == "auto":
             backend, precision = choose_backend(bundle, precision)
             log.info("backend auto chose %s (%s)", backend, precision)
-        elif precision is None:
+        else:
+            registry.backend(backend).require()  # a backend that cannot run here says so first
+        if precision is None:
             target = registry.backend(backend).target
             precision = pick_precision(bundle.targets().get(target, [])) if target else "fp32"
             if precision is None:

@@ -52,6 +52,19 @@ class Backend:
     def installed(self) -> bool:
         return importlib.util.find_spec(self.requires) is not None
 
+    def require(self) -> None:
+        """MissingExtraError naming what to install (or where it runs) when this backend cannot run here."""
+        if not self.predicts_here():
+            raise MissingExtraError(
+                f"the {self.name} backend predicts on {self.platforms} only; on this platform use onnx or openvino"
+            )
+        try:
+            __import__(self.requires)
+        except ImportError as exc:
+            raise MissingExtraError(
+                f"backend {self.name!r} needs `pip install 'nitro-edge[{self.extra}]'` ({exc})"
+            ) from exc
+
     def predicts_here(self) -> bool:
         return not self.predicts_on or platform.system() in self.predicts_on
 

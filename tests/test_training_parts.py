@@ -151,6 +151,28 @@ def test_impossible_configs_fail_before_loading(change, match):
         TrainConfig(**change)  # checked when built, before anything loads
 
 
+def test_auto_defaults_follow_the_teacher_and_the_budget():
+    """resolve() derives the auto values from the UNet's width and max_steps; explicit values stay."""
+    from types import SimpleNamespace
+
+    narrow, wide = SimpleNamespace(block_out_channels=(32, 64)), SimpleNamespace(block_out_channels=(320, 1280))
+    cfg = TrainConfig(max_steps=400).resolve(narrow)
+    assert (cfg.first_stage_steps, cfg.shift, cfg.refine_starts) == (300, 1000, [0])
+    assert cfg.lr_first_stage == pytest.approx(3e-4) and cfg.lr_student == pytest.approx(5e-6)
+    assert cfg.ema_decay == pytest.approx(1 - 1 / 20) and cfg.head_width == 32
+    big = TrainConfig(max_steps=10_000).resolve(wide)
+    assert big.lr_first_stage == pytest.approx(3e-4 * 64 / 1280) and big.ema_decay == pytest.approx(1 - 1 / 500)
+    assert big.head_width == 64
+    assert TrainConfig(max_steps=40).resolve(narrow).ema_decay == pytest.approx(0.9)  # at least 10 steps
+    given = TrainConfig(max_steps=400, first_stage_steps=0, lr_student=1e-5, shift=250, ema_decay=0.99)
+    given = given.resolve(narrow)
+    assert (given.first_stage_steps, given.lr_student, given.shift, given.ema_decay) == (0, 1e-5, 250, 0.99)
+    with_unet = TrainConfig(max_steps=400, student_unet="unet", shift=250).resolve(narrow)
+    assert with_unet.first_stage_steps == 0  # a given one-step UNet needs no first stage
+    with pytest.raises(InputError, match="shift is required with student_unet"):
+        TrainConfig(student_unet="unet")
+
+
 def test_set_values_are_parsed_against_the_field_types():
     cfg = load_config(
         None,

@@ -81,7 +81,22 @@ def test_cli_dry_run_train_and_export(tiny_source, tmp_path):
     r = subprocess.run([*cli, "train", *common, "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    assert plan["heads"] == 480 and plan["heads_trained_per_step"] == 15 and plan["refreshed_per_step"] == 5
+    # Every candidate of every (t*, task, level) slot trains each step by default.
+    assert plan["heads"] == 480 and plan["heads_trained_per_step"] == 480 and plan["refreshed_per_step"] == 5
+    # The auto defaults, resolved for this teacher and budget (rules in training/config.py).
+    max_steps = plan["max_steps"]
+    assert plan["stages"] == {
+        "first_stage_steps": round(0.75 * max_steps),
+        "adversarial_steps": round(0.25 * max_steps),
+    }
+    width = 32  # the tiny UNet's widest block (nitro_edge/tiny.py)
+    assert plan["resolved"]["lr_first_stage"] == pytest.approx(3e-4 * 64 / width)
+    assert plan["resolved"]["lr_student"] == pytest.approx(plan["resolved"]["lr_first_stage"] / 60)
+    assert plan["shift"] == 1000 and plan["resolved"]["refine_starts"] == [0]
+    r = subprocess.run(
+        [*cli, "train", *common, "--dry-run", "--set", "heads_per_slot=1"], capture_output=True, text=True
+    )
+    assert json.loads(r.stdout)["heads_trained_per_step"] == 480 // plan["candidates_per_slot"], r.stderr
     assert not (tmp_path / "run").exists()
     r = subprocess.run(
         [

@@ -13,6 +13,12 @@ from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# The auto defaults (TrainConfig.resolve); docs/training.md gives the runs that chose them.
+FIRST_STAGE_FRACTION = 0.75  # of max_steps spent on the first stage when the student starts from the teacher
+FIRST_STAGE_LR_AT_64 = 3e-4  # Adam learning rate for a UNet whose widest block has 64 channels; scaled by 64/width
+ADVERSARIAL_LR_RATIO = 1 / 60  # the student's adversarial-stage learning rate, relative to the first stage's
+MAX_HEAD_WIDTH = 64  # the auto head width: half the UNet's widest block, at most this
+EMA_FRACTION = 0.05  # the EMA's time constant, as a fraction of max_steps (at least 10 steps)
 TASKS = ("global_cond", "local_cond", "local_uncond")  # the discriminator heads' three jobs
 LOSSES = ("hinge", "non_saturating")
 
@@ -35,26 +41,26 @@ class TrainConfig:
     teacher_guidance: float = 0.0  # > 1 enables classifier-free guidance
     teacher_scheduler: str = ""  # diffusers scheduler class; default: the teacher folder's own
     teacher_cache: str = ""  # folder of precomputed shards (nitro-edge train --precompute), optional
-    # First stage (training/first_stage.py): regression of the one-step x̂0 onto the teacher's x0
-    first_stage_steps: int = 0  # iterations at the start of the run; 0: none
-    lr_first_stage: float = 1e-4
+    # First stage (training/first_stage.py): regression of the student's x̂0 onto the teacher's x0
+    first_stage_steps: int = -1  # iterations at the start of the run; -1: auto (see resolve()); 0: none
+    lr_first_stage: float = 0.0  # 0: auto, from the teacher UNet's width
     # Student
-    shift: int = 250  # UNet sees t * shift / 1000
-    refine_starts: list[int] = field(default_factory=lambda: [0])  # step at which k-step training begins, k = 1..
-    lr_student: float = 1e-5
-    ema_decay: float = 0.999
+    shift: int = 0  # UNet sees t * shift / 1000; 0: auto (1000: the student starts from the teacher)
+    refine_starts: list[int] = field(default_factory=list)  # step at which k-step training begins, k = 1..; []: auto
+    lr_student: float = 0.0  # adversarial stage; 0: auto, from lr_first_stage
+    ema_decay: float = -1.0  # -1: auto, from max_steps
     # Discriminator
     disc_timesteps: list[int] = field(default_factory=lambda: [10, 250, 500, 750])
     pool_size: int = 480
-    head_width: int = 64
-    heads_per_slot: int = 1  # candidates trained per (t*, task, level) each step (up to the pool's candidates)
+    head_width: int = 0  # 0: auto, half the teacher UNet's widest block, between 8 and 64
+    heads_per_slot: int = 0  # candidates trained per (t*, task, level) each step; 0: all of them
     refresh_rate: float = 0.01
     local_fraction: float = 0.5  # side of a local crop, as a fraction of each feature map
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # head tasks in the pool (ablations drop some)
     loss: str = "hinge"
     r1_weight: float = 0.0
     r1_sigma: float = 0.01
-    lr_heads: float = 1e-4
+    lr_heads: float = 2e-3
     adam_betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     # Systems
@@ -111,8 +117,6 @@ class TrainConfig:
             "gradient_accumulation",
             "teacher_steps",
             "pool_size",
-            "head_width",
-            "heads_per_slot",
             "checkpoint_every",
             "sample_every",
             "log_every",
@@ -120,11 +124,20 @@ class TrainConfig:
         ):
             if getattr(self, key) < 1:
                 bad(f"{key} must be at least 1, got {getattr(self, key)}")
-        if not 1 <= self.shift <= 1000:
-            bad(f"shift must be between 1 and 1000, got {self.shift}")
+        if not 0 <= self.shift <= 1000:
+            bad(f"shift must be between 1 and 1000 (0: auto), got {self.shift}")
+        if self.student_unet and not self.shift:
+            bad(
+                "shift is required with student_unet: the timestep that UNet takes pure noise at "
+                "(NitroSD-Realism 250, NitroSD-Vibrant 500, SD-Turbo and SDXL-Turbo 1000)"
+            )
+        if self.head_width < 0:
+            bad(f"head_width must be at least 1 (0: auto), got {self.head_width}")
+        if self.heads_per_slot < 0:
+            bad(f"heads_per_slot must be at least 1 (0: every candidate), got {self.heads_per_slot}")
         starts = self.refine_starts
-        if not starts or starts[0] != 0 or sorted(starts) != starts or len(starts) > 4:
-            bad(f"refine_starts must start at 0, increase, and have at most 4 entries, got {starts}")
+        if starts and (starts[0] != 0 or sorted(starts) != starts or len(starts) > 4):
+            bad(f"refine_starts must start at 0, increase, and have at most 4 entries ([]: auto), got {starts}")
         if not self.disc_timesteps or not all(0 <= t < 1000 for t in self.disc_timesteps):
             bad(f"disc_timesteps must be timesteps in [0, 1000), got {self.disc_timesteps}")
         if not self.tasks or any(t not in TASKS for t in self.tasks) or len(set(self.tasks)) != len(self.tasks):
@@ -143,23 +156,50 @@ class TrainConfig:
             bad(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             bad(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        if not 0 <= self.first_stage_steps <= self.max_steps:
-            bad(f"first_stage_steps must be between 0 and max_steps ({self.max_steps}), got {self.first_stage_steps}")
-        if self.first_stage_steps and self.student_unet:
+        if not -1 <= self.first_stage_steps <= self.max_steps:
+            bad(
+                f"first_stage_steps must be between 0 and max_steps ({self.max_steps}) (-1: auto), "
+                f"got {self.first_stage_steps}"
+            )
+        if self.first_stage_steps > 0 and self.student_unet:
             bad("first_stage_steps must be 0 with student_unet: a given one-step UNet needs no first stage")
         if self.diagnostics_window < 1:
             bad(f"diagnostics_window must be at least 1, got {self.diagnostics_window}")
-        for key in ("lr_student", "lr_heads", "lr_first_stage"):
-            if not getattr(self, key) > 0:
-                bad(f"{key} must be positive, got {getattr(self, key)}")
-        if not 0 <= self.ema_decay < 1:
-            bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.lr_heads > 0:
+            bad(f"lr_heads must be positive, got {self.lr_heads}")
+        for key in ("lr_student", "lr_first_stage"):
+            if not getattr(self, key) >= 0:
+                bad(f"{key} must be positive (0: auto), got {getattr(self, key)}")
+        if not (self.ema_decay == -1 or 0 <= self.ema_decay < 1):
+            bad(f"ema_decay must be in [0, 1) (-1: auto), got {self.ema_decay}")
         if self.teacher_guidance < 0 or self.r1_weight < 0:
             bad("teacher_guidance and r1_weight must be non-negative")
         # The multiple the resolution must have depends on the teacher (VAE and UNet downscale):
         # checked when its configs are read (nitro_edge.models.loading).
         if self.resolution < 0:
             bad(f"resolution must be 0 (the teacher's) or a positive size, got {self.resolution}")
+
+    def resolve(self, unet_config) -> TrainConfig:
+        """The config with every auto value made concrete for this teacher (its UNet's config) and
+        budget; what a run records in its config.json. The rules and the measurements behind them
+        are in docs/training.md ("Defaults")."""
+        width = int(unet_config.block_out_channels[-1])
+        first = self.first_stage_steps
+        if first == -1:
+            first = 0 if self.student_unet else round(FIRST_STAGE_FRACTION * self.max_steps)
+        lr_first = self.lr_first_stage or FIRST_STAGE_LR_AT_64 * 64 / width
+        starts = self.refine_starts or [0]
+        decay = self.ema_decay if self.ema_decay != -1 else 1 - 1 / max(10.0, EMA_FRACTION * self.max_steps)
+        return dataclasses.replace(
+            self,
+            first_stage_steps=first,
+            lr_first_stage=lr_first,
+            lr_student=self.lr_student or lr_first * ADVERSARIAL_LR_RATIO,
+            shift=self.shift or 1000,
+            refine_starts=starts,
+            ema_decay=round(decay, 6),
+            head_width=self.head_width or min(MAX_HEAD_WIDTH, max(8, width // 2)),
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

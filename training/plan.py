@@ -24,7 +24,7 @@ def plan(cfg: TrainConfig) -> dict:
     from nitro_edge.training.backbone import EncoderBackbone
     from nitro_edge.training.heads import HeadPool
 
-    source = resolve_source(cfg.teacher, shift=cfg.shift)
+    source = resolve_source(cfg.teacher, shift=cfg.shift or 1000)
     root = source.path  # a single-file teacher is read from its converted folder
     with accelerate.init_empty_weights():
         unet = diffusers.UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
@@ -35,6 +35,7 @@ def plan(cfg: TrainConfig) -> dict:
         ]
         vae = diffusers.AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text()))
         backbone = EncoderBackbone(unet)
+        cfg = cfg.resolve(unet.config)
         vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         multiple = size_multiple(unet.config, vae_scale)
         if cfg.resolution % multiple:
@@ -52,11 +53,12 @@ def plan(cfg: TrainConfig) -> dict:
             cfg.local_fraction,
             tuple(cfg.tasks),
         )
+    per_slot = cfg.heads_per_slot or pool.candidates
     unet_params = sum(p.numel() for p in unet.parameters())
     text_params = sum(p.numel() for enc in encoders for p in enc.parameters())
     vae_params = sum(p.numel() for p in vae.parameters())
     head_params = [sum(p.numel() for p in h.parameters()) for h in pool.heads]
-    active_per_step = len(pool.tasks) * pool.levels
+    active_per_step = len(pool.tasks) * pool.levels * min(per_slot, pool.candidates) * len(cfg.disc_timesteps)
     frozen = (unet_params + text_params + vae_params) * BYTES[cfg.mixed_precision]
     # Student and heads: fp32 weights, grads and two AdamW moments (16 B/param); EMA 4 B/param.
     trainable = unet_params * (16 + 4) + sum(head_params) * 4 + active_per_step * max(head_params) * 12
@@ -77,6 +79,22 @@ def plan(cfg: TrainConfig) -> dict:
         "teacher": {"steps": cfg.teacher_steps, "guidance": cfg.teacher_guidance, "cache": cfg.teacher_cache or None},
         "shift": cfg.shift,
         "max_steps": cfg.max_steps,
+        "stages": {
+            "first_stage_steps": cfg.first_stage_steps,
+            "adversarial_steps": cfg.max_steps - cfg.first_stage_steps,
+        },
+        "resolved": {
+            k: getattr(cfg, k)
+            for k in (
+                "lr_first_stage",
+                "lr_student",
+                "lr_heads",
+                "ema_decay",
+                "refine_starts",
+                "heads_per_slot",
+                "head_width",
+            )
+        },
     }
 
 
@@ -91,7 +109,7 @@ def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=Non
 
     if not cfg.teacher_cache:
         raise InputError("precompute needs teacher_cache (--set teacher_cache=FOLDER)")
-    source = resolve_source(cfg.teacher, shift=cfg.shift)
+    source = resolve_source(cfg.teacher, shift=cfg.shift or 1000)
     res = cfg.resolution or None
     dims, tokenizers, modules = load_modules(source, res, res)
     encoders = [modules[n] for n in ("text_encoder", "text_encoder_2") if n in modules]

@@ -48,6 +48,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
     cfg.validate()
     with _tf32(cfg.tf32):
         run = setup(cfg)
+        cfg = run.cfg  # every auto value resolved for this teacher and budget
         run.on_step = on_step
         start = resume(run)
         bar = _progress(cfg.max_steps, start, run.acc.is_main_process and progress)
@@ -73,7 +74,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
                 continue
             _stage(run, "adversarial")
             # One discriminator timestep per sample (balanced); heads_per_slot heads per (t*, task, level).
-            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size, cfg.heads_per_slot)
+            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size, cfg.heads_per_slot or run.pool.candidates)
             stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in run.pool.tasks}
             for micro in range(cfg.gradient_accumulation):
                 sync = micro == cfg.gradient_accumulation - 1
@@ -173,9 +174,10 @@ def setup(cfg: TrainConfig) -> Run:
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
 
     # The frozen teacher: text encoders, UNet (also the discriminator backbone), sampler.
-    source = resolve_source(cfg.teacher, shift=cfg.shift)
+    source = resolve_source(cfg.teacher, shift=cfg.shift or 1000)
     res = cfg.resolution or None
     dims, tokenizers, modules = load_modules(source, res, res)
+    cfg = cfg.resolve(modules["generator"].unet.config)
     teacher_unet = _place(modules["generator"].unet, device, weight_dtype)
     encoders = [_place(modules[n], device, weight_dtype) for n in ("text_encoder", "text_encoder_2") if n in modules]
     conditioner = Conditioner(tokenizers, encoders, dims)

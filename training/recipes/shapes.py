@@ -4,19 +4,27 @@
 
 1. Render a captioned dataset of coloured shapes; train a small VAE and an epsilon-prediction
    teacher UNet on it (frozen random CLIP text tower for conditioning, 10% prompt dropout).
-2. Distil one-step students with NitroFusion (full method, and ablations: one candidate per slot
-   instead of a pool; no refresh; global heads only), from a precomputed teacher cache.
-3. Train an attribute classifier on real renders; report the Fréchet distance to the teacher's
-   N-step samples in its features, and prompt adherence as its accuracy (all three attributes right).
+2. Precompute a teacher cache (25 DDIM steps, CFG 3). For every seed: the first stage
+   (regression of the one-step x̂0 onto the teacher's x0), then, from that one-step student, the
+   adversarial stage as published (adversarial loss only) and its ablations at the same budget: one
+   candidate per slot instead of a pool; no refresh; global heads only; no unconditional local heads.
+   Every run uses `nitro-edge train`'s defaults except the teacher, batch size and step counts.
+3. Train an attribute classifier on real renders; report, per row, the mean and spread over seeds
+   of the Fréchet distance to the teacher's 25-step samples in its features, and of prompt
+   adherence (its accuracy: colour, shape and position all right), 480 samples per seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,15 +33,41 @@ from nitro_edge.training.recipes import shapes_data as data
 from nitro_edge.training.recipes import small_models as sm
 
 TEACHER_STEPS, TEACHER_GUIDANCE = 25, 3.0
-ABLATIONS = {
-    "NitroFusion (full)": {},
+BATCH_SIZE = 16
+REFERENCE_SEED = 100  # the teacher's 25-step reference samples; rows sample from EVAL_SEED + seed
+EVAL_SEED = 1000
+FULL = "NitroFusion (full)"
+ABLATIONS = {  # adversarial-stage variants, each from the same first-stage student
+    FULL: {},
     "one candidate per slot (no pool)": {"pool_size": 12},  # 4 t* x 3 tasks: one head per slot
     "no refresh": {"refresh_rate": 0.0},
     "global heads only": {"tasks": ["global_cond"]},
+    "no unconditional local heads": {"tasks": ["global_cond", "local_cond"]},
 }
-SIZES = {  # name: (dataset, vae steps, teacher steps, cache samples, distil steps, eval per class)
-    "full": (6000, 1000, 3000, 1024, 400, 8),
-    "quick": (600, 60, 100, 128, 10, 1),
+PAPER = {  # what the paper says of each ablation (qualitative only; METHOD.md)
+    "one candidate per slot (no pool)": "lower sharpness",
+    "no refresh": "artifacts and over-fitting",
+    "global heads only": "Janus artifacts, lost detail (without multi-scale dual-objective heads)",
+    "no unconditional local heads": "Janus repetitions (what those heads fight)",
+}
+
+
+class Size(NamedTuple):
+    dataset: int  # rendered training images for the VAE and the teacher
+    vae_steps: int
+    teacher_steps: int  # the teacher UNet's training iterations
+    cache: int  # teacher-cache samples
+    first_stage: int  # first-stage iterations
+    adversarial: int  # adversarial-stage iterations
+    per_class: int  # evaluation samples per class (60 classes)
+    seeds: int
+    classifier_data: int
+    classifier_steps: int
+
+
+SIZES = {
+    "full": Size(6000, 1000, 3000, 8192, 3000, 200, 8, 3, 3000, 1500),
+    "quick": Size(128, 4, 4, 32, 2, 2, 1, 1, 120, 4),
 }
 
 
@@ -153,56 +187,87 @@ def student_images(student: Path, prompts: list[str], steps: int, seed: int) -> 
     return (np.concatenate(out) * 255).round().astype(np.uint8)
 
 
-def distil(teacher: Path, out: Path, name: str, overrides: dict, size, log) -> Path:
+def _config(teacher: Path, out: Path, run: Path, seed: int, **settings):
+    """A run's config: `nitro-edge train`'s defaults, plus the teacher, batch size and step counts."""
     from nitro_edge.training.config import load_config
-    from nitro_edge.training.plan import precompute
-    from nitro_edge.training.train import train
 
-    prompts_file = out / "prompts.txt"
-    prompts_file.write_text("\n".join(data.prompt(*c) for c in data.CLASSES) + "\n")
-    run = out / "runs" / name.split(" (")[0].replace(" ", "-")
     base = dict(
         teacher=str(teacher),
-        prompts=str(prompts_file),
+        prompts=str(out / "prompts.txt"),
         output=str(run),
         teacher_steps=TEACHER_STEPS,
         teacher_guidance=TEACHER_GUIDANCE,
         teacher_cache=str(out / "teacher-cache"),
-        shift=1000,
-        max_steps=size[4],
-        batch_size=16,
-        lr_student=2e-5,
-        lr_heads=2e-4,
-        head_width=32,
-        ema_decay=0.98,
-        refine_starts=[0, int(size[4] * 0.6), int(size[4] * 0.7), int(size[4] * 0.8)],
-        checkpoint_every=max(1, size[4] // 2),
-        sample_every=max(1, size[4] // 5),
+        batch_size=BATCH_SIZE,
+        seed=seed,
         log_every=10,
     )
-    cfg = load_config(None, {**base, **overrides})
-    if (
-        not (out / "teacher-cache" / "index.json").is_file()
-        or json.loads((out / "teacher-cache" / "index.json").read_text())["complete_samples"] < size[3]
-    ):
-        log(f"precomputing {size[3]} teacher samples ({TEACHER_STEPS} DDIM steps, CFG {TEACHER_GUIDANCE})")
-        precompute(cfg, size[3], shard_size=256)
+    steps = settings["max_steps"]
+    base.update(checkpoint_every=max(1, steps // 2), sample_every=max(1, steps // 4))
+    return load_config(None, {**base, **settings})
+
+
+def precompute_cache(teacher: Path, out: Path, size: Size, log) -> None:
+    from nitro_edge.training.plan import precompute
+
+    (out / "prompts.txt").write_text("\n".join(data.prompt(*c) for c in data.CLASSES) + "\n")
+    index = out / "teacher-cache" / "index.json"
+    if index.is_file() and json.loads(index.read_text())["complete_samples"] >= size.cache:
+        return
+    log(f"precomputing {size.cache} teacher samples ({TEACHER_STEPS} DDIM steps, CFG {TEACHER_GUIDANCE})")
+    t0 = time.perf_counter()
+    precompute(_config(teacher, out, out / "runs" / "cache", 0, max_steps=1), size.cache, shard_size=256)
+    log(f"teacher cache: {size.cache / (time.perf_counter() - t0):.1f} samples/s")
+
+
+def slug(name: str) -> str:
+    return name.split(" (")[0].replace(" ", "-")
+
+
+def _job(kind: str, teacher: Path, out: Path, name: str, seed: int, size: Size, threads: int, prompts, steps):
+    """One run in a worker process: train (or resume a finished run), then sample the eval prompts.
+    Returns (kind, name, seed, student folder, {steps: images}, seconds of training)."""
+    from nitro_edge.training.train import train
+
+    torch.set_num_threads(threads)
+    if kind == "first":
+        run = out / "runs" / f"first-stage-seed{seed}"
+        cfg = _config(teacher, out, run, seed, max_steps=size.first_stage, first_stage_steps=size.first_stage)
+    else:
+        first = out / "runs" / f"first-stage-seed{seed}" / "student" / "unet" / "diffusion_pytorch_model.safetensors"
+        run = out / "runs" / f"{slug(name)}-seed{seed}"
+        settings = dict(max_steps=size.adversarial, student_unet=str(first), shift=1000, first_stage_steps=0)
+        cfg = _config(teacher, out, run, seed, **{**settings, **ABLATIONS[name]})
     t0 = time.perf_counter()
     student = train(cfg, progress=False)  # a finished run resumes at its end and only rewrites student/
-    log(f"distilled {name} in {time.perf_counter() - t0:.0f} s")
-    return student
+    seconds = time.perf_counter() - t0
+    images = {k: student_images(student, prompts, k, EVAL_SEED + seed) for k in steps}
+    return kind, name, seed, student, images, seconds
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/shapes"))
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--seeds", type=int, help="training seeds per row (default: the size's)")
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
-        "--install-default", action="store_true", help="copy the distilled student into nitro_edge/assets/default_model"
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel, one thread each"
+    )
+    parser.add_argument(
+        "--install-default",
+        nargs="?",
+        const=Path(__file__).parents[2] / "nitro_edge" / "assets" / "default_model",
+        type=Path,
+        metavar="DIR",
+        help="copy the full method's seed-0 student into DIR (default: the package's embedded default "
+        "model) and, for the package's, re-export the shipped bundle beside it",
     )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
+    seeds = list(range(args.seeds or size.seeds))
+    if args.workers < 1 or not seeds:
+        parser.error("--workers and --seeds must be at least 1")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -211,56 +276,121 @@ def main(argv=None) -> dict:
         print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)
 
     teacher = build_teacher(args.out, size, log)
-    images, _, labels = data.make(3000 if args.size == "full" else 300, seed=1)
-    classifier = sm.train_classifier(images, labels, 1500 if args.size == "full" else 50, log=log)
-    prompts, want = data.eval_prompts(size[5])
+    log(f"teacher ready ({time.perf_counter() - started:.0f} s)")
+    images, _, labels = data.make(size.classifier_data, seed=1)
+    classifier = sm.train_classifier(images, labels, size.classifier_steps, log=log)
+    prompts, want = data.eval_prompts(size.per_class)
     _, real_pred = sm.classify(classifier, images)
-    log(f"classifier accuracy on held-out renders: {np.mean((real_pred == labels).all(1)):.3f}")
-
-    reference = teacher_images(teacher, prompts, TEACHER_STEPS, seed=100)
+    log(f"classifier accuracy on its training renders: {np.mean((real_pred == labels).all(1)):.3f}")
+    reference = teacher_images(teacher, prompts, TEACHER_STEPS, seed=REFERENCE_SEED)
     ref_feats, _ = sm.classify(classifier, reference)
-    rows = []
+    scores: dict[str, list[dict]] = {}
 
-    def score(name, imgs, note=""):
+    def score(row, imgs, seed):
         feats, pred = sm.classify(classifier, imgs)
-        fd = sm.frechet_distance(feats, ref_feats)
-        acc = float(np.mean((pred == want).all(1)))
-        rows.append({"model": name, "fd_to_teacher": round(fd, 3), "adherence": round(acc, 3), "note": note})
-        log(f"{name}: FD {fd:.3f}, adherence {acc:.3f}")
-        return imgs
+        fd, acc = sm.frechet_distance(feats, ref_feats), float(np.mean((pred == want).all(1)))
+        attrs = {a: float(np.mean(pred[:, i] == want[:, i])) for i, a in enumerate(("colour", "shape", "position"))}
+        scores.setdefault(row, []).append({"seed": seed, "fd_to_teacher": fd, "adherence": acc, **attrs})
+        log(f"{row}, seed {seed}: FD {fd:.3f}, adherence {acc:.3f}")
 
-    grid = [score(f"teacher {TEACHER_STEPS} steps (reference)", reference)]
-    grid.append(score("teacher 1 step", teacher_images(teacher, prompts, 1, seed=100)))
-    runs = ABLATIONS if args.ablations else {"NitroFusion (full)": {}}
-    for name, overrides in runs.items():
-        student = distil(teacher, args.out, name, overrides, size, log)
-        for steps in (1, 2, 4) if name.startswith("NitroFusion") else (1,):
-            imgs = score(
-                f"student {steps} step{'s' if steps > 1 else ''}: {name}", student_images(student, prompts, steps, 100)
-            )
-            if name.startswith("NitroFusion"):
-                grid.append(imgs)
-    reference_renders = np.stack([data.render(c, s, p, np.random.default_rng(7)) for (c, s, p) in data.CLASSES])
-    _, ref_pred = sm.classify(classifier, reference_renders)
+    grid = {"teacher": reference}
+    for seed in seeds:
+        for steps in (TEACHER_STEPS, 1):
+            imgs = teacher_images(teacher, prompts, steps, seed=EVAL_SEED + seed)
+            score(f"teacher {steps} step{'s' if steps > 1 else ''}", imgs, seed)
+            grid.setdefault(f"teacher {steps}", imgs)
+    log(f"teacher rows done ({time.perf_counter() - started:.0f} s)")
+    precompute_cache(teacher, args.out, size, log)
+
+    variants = list(ABLATIONS) if args.ablations else [FULL]
+    threads = 1 if args.workers > 1 else max(1, torch.get_num_threads())
+    students, seconds = {}, {}
+    ctx = get_context("spawn")  # workers start clean: no OpenMP state forked from this process
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+        common = (teacher, args.out)
+        pending = {
+            pool.submit(_job, "first", *common, "first stage", s, size, threads, prompts, (1, 2, 4)) for s in seeds
+        }
+        while pending:
+            done = next(as_completed(pending))
+            pending.remove(done)
+            kind, name, seed, student, imgs, secs = done.result()
+            seconds.setdefault(name, []).append(secs)
+            students[(name, seed)] = student
+            log(f"{name}, seed {seed}: trained in {secs:.0f} s")
+            for k, im in imgs.items():
+                row = f"student {k} step{'s' if k > 1 else ''}: {name}"
+                score(row, im, seed)
+                if seed == 0 and (name == FULL or kind == "first"):
+                    grid[row] = im
+            if kind == "first":
+                for v in variants:
+                    pending.add(pool.submit(_job, "adversarial", *common, v, seed, size, threads, prompts, _steps(v)))
+    rows = [_summarise(row, values, PAPER.get(row.split(": ", 1)[-1], "")) for row, values in _ordered(scores)]
     result = {
         "rows": rows,
         "size": args.size,
+        "budget": {"first_stage_steps": size.first_stage, "adversarial_steps": size.adversarial, "batch": BATCH_SIZE},
+        "seeds": seeds,
+        "samples_per_row_and_seed": len(prompts),
+        "training_seconds": {k: round(float(np.median(v))) for k, v in seconds.items()},
         "seconds": round(time.perf_counter() - started),
-        "classifier_accuracy_on_renders": float(np.mean((ref_pred == np.array(data.eval_prompts(1)[1])).all(1))),
+        "workers": args.workers,
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    _save_grid(args.out / "grid.png", grid, per_class=size[5])
-    table = "| model | FD to teacher (lower is closer) | prompt adherence |\n|---|---|---|\n" + "\n".join(
-        f"| {r['model']} | {r['fd_to_teacher']} | {r['adherence']} |" for r in rows
-    )
+    _save_grid(args.out / "grid.png", list(grid.values()), per_class=size.per_class)
+    table = markdown_table(rows)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
     if args.install_default:
-        dest = Path(__file__).parents[2] / "nitro_edge" / "assets" / "default_model"
-        install_default(distil(teacher, args.out, "NitroFusion (full)", {}, size, log), dest, result)
-        log(f"installed the default model in {dest}")
+        install_default(students[(FULL, 0)], args.install_default, result)
+        log(f"installed the default model in {args.install_default}")
+        if args.install_default.resolve() == (Path(__file__).parents[2] / "nitro_edge/assets/default_model").resolve():
+            from nitro_edge.default_model import build_shipped_bundle
+
+            build_shipped_bundle()
+            log("re-exported the shipped default bundle")
     log(f"done; results in {args.out}/results.json, grid in {args.out}/grid.png")
     return result
+
+
+def _steps(variant: str) -> tuple[int, ...]:
+    return (1, 2, 4) if variant == FULL else (1,)
+
+
+def _ordered(scores: dict) -> list:
+    """Teacher rows, first stage, full method, then the ablations."""
+
+    def key(item):
+        row = item[0]
+        for i, mark in enumerate(("teacher", ": first stage", f": {FULL}")):
+            if mark in row:
+                return (i, row)
+        return (3, row)
+
+    return sorted(scores.items(), key=key)
+
+
+def _summarise(row: str, values: list[dict], paper: str) -> dict:
+    out = {"model": row, "seeds": len(values), "paper": paper}
+    for key in ("adherence", "fd_to_teacher", "colour", "shape", "position"):
+        v = np.array([x[key] for x in values])
+        out[key] = round(float(v.mean()), 3)
+        out[f"{key}_sd"] = round(float(v.std(ddof=1)), 3) if len(v) > 1 else 0.0
+    out["per_seed"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in x.items()} for x in values]
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = (
+        "| model | prompt adherence | FD to teacher (lower is closer) | colour / shape / position | paper's claim |\n"
+    )
+    head += "|---|---|---|---|---|\n"
+    return head + "\n".join(
+        f"| {r['model']} | {r['adherence']:.3f} ± {r['adherence_sd']:.3f} | {r['fd_to_teacher']:.3f} ± "
+        f"{r['fd_to_teacher_sd']:.3f} | {r['colour']:.2f} / {r['shape']:.2f} / {r['position']:.2f} | {r['paper']} |"
+        for r in rows
+    )
 
 
 def _save_grid(path: Path, rows: list[np.ndarray], per_class: int, columns: int = 12) -> None:
@@ -271,15 +401,12 @@ def _save_grid(path: Path, rows: list[np.ndarray], per_class: int, columns: int 
     Image.fromarray(grid).save(path)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def install_default(student: Path, dest: Path, results: dict) -> Path:
-    """Copy the distilled student into the package as the embedded default model (fp16 weights)."""
+    """Copy the distilled student into `dest` as the embedded default model (fp16 weights)."""
     import diffusers
     import transformers
 
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -293,8 +420,16 @@ def install_default(student: Path, dest: Path, results: dict) -> Path:
         ("text_encoder", transformers.CLIPTextModel),
     ):
         cls.from_pretrained(str(student / sub)).half().save_pretrained(str(tmp / sub))
-    rows = "\n".join(f"| {r['model']} | {r['fd_to_teacher']} | {r['adherence']} |" for r in results["rows"])
-    (tmp / "README.md").write_text(MODEL_CARD.format(rows=rows, seconds=results["seconds"]))
+    budget = results["budget"]
+    (tmp / "README.md").write_text(
+        MODEL_CARD.format(
+            rows=markdown_table(results["rows"]),
+            seconds=results["seconds"],
+            seeds=len(results["seeds"]),
+            samples=results["samples_per_row_and_seed"],
+            **budget,
+        )
+    )
     shutil.copy2(
         Path(__file__).parents[2] / "nitro_edge" / "assets" / "clip_bpe" / "LICENSE.open_clip",
         tmp / "tokenizer" / "LICENSE.open_clip",
@@ -315,20 +450,23 @@ triangle; positions: top left, top right, bottom left, bottom right, centre).
   CLIP BPE vocabulary), UNet (32/64 channels, 8x8 latents), AutoencoderKL (4 blocks, 8x).
 - Training: VAE and teacher UNet trained from scratch on a procedurally rendered dataset (epsilon
   prediction, 3000 steps); student distilled from the teacher (25 DDIM steps, CFG 3) with
-  nitro-edge's NitroFusion implementation, 400 steps, bottom-up refinement to 4 steps; EMA weights.
-  Timestep shift 1000 (no shift: the student starts from the teacher's own UNet).
+  nitro-edge's trainer at its defaults: first stage (regression of the one-step x0 onto the
+  teacher's, {first_stage_steps} steps), then NitroFusion's adversarial stage ({adversarial_steps} steps), batch {batch};
+  EMA weights. Timestep shift 1000 (the student starts from the teacher's own UNet).
 - Weights stored in fp16 (safetensors); loaded as fp32.
-- Reproduce: `make default-model` (about {seconds} s on the 2-core machine it was made on).
+- Reproduce: `make default-model` (about {seconds} s on the 2-core machine it was made on, all rows).
 - Licence: Apache-2.0, like nitro-edge. The tokenizer vocabulary is OpenAI CLIP's BPE, taken from
   open_clip_torch (MIT, notice in tokenizer/LICENSE.open_clip). No third-party images or weights.
 
 ## Measured quality (from the run that produced these weights)
 
-Fréchet distance to the teacher's 25-step samples in the features of an attribute classifier,
-and prompt adherence (the classifier gets colour, shape and position all right), over 480
-samples (every class 8 times):
+Prompt adherence (an attribute classifier gets colour, shape and position all right) and Fréchet
+distance to the teacher's 25-step samples in that classifier's features; mean ± standard deviation
+over {seeds} training seed(s), {samples} samples per seed (every class equally often). These weights are seed 0's.
 
-| model | FD to teacher | adherence |
-|---|---|---|
 {rows}
 """
+
+
+if __name__ == "__main__":
+    main()
