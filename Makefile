@@ -19,7 +19,8 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m nitro_edge.demo --out demo-output
 
-# Retrain the embedded default model (teacher, NitroFusion student, ablation table): about 40 min on 2 cores.
+# Retrain the embedded default model (teacher, first stage and NitroFusion student, 3 seeds and ablations):
+# about 1 h 40 min on 2 cores (docs/training.md, "Cost").
 default-model: venv
 	$(PY) -m nitro_edge.training.recipes.shapes --out runs/shapes --install-default
 
