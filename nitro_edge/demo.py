@@ -59,6 +59,7 @@ def run(args, console, log: Path) -> None:
     from nitro_edge import registry
     from nitro_edge.cli.quiet import Phases
     from nitro_edge.default_model import NAME, source_folder
+    from nitro_edge.errors import ParityError
     from nitro_edge.export import export_bundle
     from nitro_edge.export.parity import psnr_db
 
@@ -71,15 +72,17 @@ def run(args, console, log: Path) -> None:
 
         shutil.rmtree(bundle)
     started = time.perf_counter()
+    refused = {}  # (target, precision) -> why the parity gate refused it: shown, not fatal
     with Phases(console, keep=_once()) as phases:
         for precision in PRECISIONS:
-            export_bundle(
-                source,
-                bundle,
-                targets=[t.name for t in targets if precision in t.precisions],
-                precision=precision,
-                report=phases,
-            )
+            for t in targets:
+                if precision not in t.precisions:
+                    continue
+                try:
+                    export_bundle(source, bundle, targets=[t.name], precision=precision, report=phases)
+                except ParityError as exc:
+                    refused[(t.name, precision)] = str(exc)
+                    console.print(f"{t.name} {precision}: refused by the parity gate ({exc})")
     console.print(
         f"exported to {', '.join(t.name for t in targets)} at {', '.join(PRECISIONS)} "
         f"in {time.perf_counter() - started:.0f} s" + ("" if args.verbose else f" (the converters' output: {log})")
@@ -92,7 +95,7 @@ def run(args, console, log: Path) -> None:
         for t, b in zip(targets, readers)
         if b.installed() and b.predicts_here()
         for p in PRECISIONS
-        if p in t.precisions
+        if p in t.precisions and (t.name, p) not in refused
     ]
     converted_only = [t for t, b in zip(targets, readers) if not b.predicts_here()]
     table = Table(
@@ -115,6 +118,8 @@ def run(args, console, log: Path) -> None:
             backend, precision, f"{np.median(times):.3f}", "reference" if backend == "torch" else f"{psnr:.1f}"
         )
         rows.append(images)
+    for (target, precision), why in refused.items():
+        table.add_row(target, precision, "not exported: the parity gate refused it", why.split(";")[0])
     for t in converted_only:
         table.add_row(
             t.name,
