@@ -33,6 +33,8 @@ from nitro_edge.training.recipes import shapes_data as data
 from nitro_edge.training.recipes import small_models as sm
 
 TEACHER_STEPS, TEACHER_GUIDANCE = 25, 3.0
+ASSETS = Path(__file__).parents[2] / "nitro_edge" / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default_model"  # where --install-default puts the model by default
 BATCH_SIZE = 16
 REFERENCE_SEED = 100  # the teacher's 25-step reference samples; rows sample from EVAL_SEED + seed
 EVAL_SEED = 1000
@@ -257,7 +259,7 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--install-default",
         nargs="?",
-        const=Path(__file__).parents[2] / "nitro_edge" / "assets" / "default_model",
+        const=DEFAULT_MODEL_DIR,
         type=Path,
         metavar="DIR",
         help="copy the full method's seed-0 student into DIR (default: the package's embedded default "
@@ -268,7 +270,6 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seeds or size.seeds))
     if args.workers < 1 or not seeds:
         parser.error("--workers and --seeds must be at least 1")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
@@ -345,7 +346,7 @@ def main(argv=None) -> dict:
     if args.install_default:
         install_default(students[(FULL, 0)], args.install_default, result)
         log(f"installed the default model in {args.install_default}")
-        if args.install_default.resolve() == (Path(__file__).parents[2] / "nitro_edge/assets/default_model").resolve():
+        if args.install_default.resolve() == DEFAULT_MODEL_DIR.resolve():
             from nitro_edge.default_model import build_shipped_bundle
 
             build_shipped_bundle()
@@ -431,7 +432,7 @@ def install_default(student: Path, dest: Path, results: dict) -> Path:
         )
     )
     shutil.copy2(
-        Path(__file__).parents[2] / "nitro_edge" / "assets" / "clip_bpe" / "LICENSE.open_clip",
+        ASSETS / "clip_bpe" / "LICENSE.open_clip",
         tmp / "tokenizer" / "LICENSE.open_clip",
     )
     if dest.exists():
