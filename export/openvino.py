@@ -7,7 +7,12 @@ batch 1 and the bundle's resolution (so it also compiles for NPUs).
   recorded from real sampling runs (model type TRANSFORMER keeps the sensitive ops float); the other
   components get int8 weight compression, as for int8.
 - int8-act: as int8-hybrid, and the VAE decoder's weights and activations too, calibrated on the
-  latents the generator produced in those runs (the decoder is most of a full-VAE run's time).
+  latents the generator produced in those runs (the decoder is most of a full-VAE run's time). The
+  decoder's activations are asymmetric (most convolutions read SiLU outputs) and its ranges are
+  the calibration's min/max (the gate's prompts are not the calibration's); its two convolutions
+  at latent resolution (post_quant_conv, conv_in: a negligible share of its compute) stay float, as
+  the 4-channel latent is where int8 costs most. On the tiny models these three choices take the
+  end-to-end PSNR from 22-24 dB to 30 dB.
 """
 
 from __future__ import annotations
@@ -51,6 +56,21 @@ def device_default_precision(device: str = "CPU") -> str:
     return ov.Core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
 
 
+def _quantize_options(nncf, name: str) -> dict:
+    """NNCF settings per component for weights-and-activations int8 (see the module docstring)."""
+    if name == "generator":
+        return {"model_type": nncf.ModelType.TRANSFORMER}
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return {
+        "preset": nncf.QuantizationPreset.MIXED,
+        "advanced_parameters": nncf.AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+        ),
+        "ignored_scope": nncf.IgnoredScope(patterns=[".*post_quant_conv.*", ".*conv_in.*"], validate=False),
+    }
+
+
 def static_shapes(spec) -> dict:
     return {t.name: [1 if d == "batch" else d for d in t.shape] for t in spec.inputs}
 
@@ -69,8 +89,8 @@ def export(component, folder: Path, precision: str, options: Options = Options()
             model = nncf.quantize(
                 model,
                 nncf.Dataset(component.calibration),
-                model_type=nncf.ModelType.TRANSFORMER if component.name == "generator" else None,
                 subset_size=len(component.calibration),
+                **_quantize_options(nncf, component.name),
             )
         else:
             model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
