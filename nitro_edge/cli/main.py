@@ -133,6 +133,9 @@ def export(
             raise type(exc)(f"{exc} (the converters' output is in {log})") from exc
         log.unlink(missing_ok=True)
         raise
+    except KeyboardInterrupt:  # the user stopped it: nothing to read, nothing left behind
+        log.unlink(missing_ok=True)
+        raise
     log.unlink(missing_ok=True)
 
 
