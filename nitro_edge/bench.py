@@ -23,9 +23,12 @@ def measure(
     steps: int,
     options: dict | None = None,
     memory: str = "normal",
+    prompt: str = PROMPT,
+    image: str | None = None,
 ) -> dict:
     """One backend x precision (with backend `options`), in this process. With memory="low" the
-    component times include loading each component (what that mode costs)."""
+    component times include loading each component (what that mode costs). The warm-up's image
+    (seed 0) is saved to `image` if given."""
     import nitro_edge
     from nitro_edge.bundle import Bundle
     from nitro_edge.sampler import OnDemand
@@ -48,13 +51,15 @@ def measure(
         sampler.components.wrap = timed
     else:
         sampler.components = {name: timed(name, fn) for name, fn in sampler.components.items()}
-    sampler.generate(PROMPT, steps=steps, seed=0)  # warm-up
+    first = sampler.generate(prompt, steps=steps, seed=0)  # warm-up
+    if image:
+        first[0].save(image)
     for v in timings.values():
         v.clear()
     ends = []
     for i in range(runs):
         start = time.perf_counter()
-        sampler.generate(PROMPT, steps=steps, seed=i)
+        sampler.generate(prompt, steps=steps, seed=i)
         ends.append(time.perf_counter() - start)
     b = Bundle.open(bundle, verify=False)
     from nitro_edge import registry

@@ -17,7 +17,7 @@ def _stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
+def child_diffusers(source: str, model: str, runs: int, size: int, image: str | None = None) -> dict:
     import diffusers
 
     cls = diffusers.StableDiffusionXLPipeline if model == "sdxl" else diffusers.StableDiffusionPipeline
@@ -40,11 +40,12 @@ def child_diffusers(source: str, model: str, runs: int, size: int) -> dict:
         if module is not None:
             module.forward = timed("generator" if name == "unet" else name, module.forward)
     pipe.vae.decode = timed("vae_decoder", pipe.vae.decode)
-    return _run_pipeline(pipe, runs, size, t0, timings)
+    return _run_pipeline(pipe, runs, size, t0, timings, image)
 
 
-def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = None) -> dict:
-    """One cold call, then `runs` warm ones; cold start counts from `t0` (before loading)."""
+def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = None, image: str | None = None) -> dict:
+    """One cold call, then `runs` warm ones; cold start counts from `t0` (before loading). The cold
+    call's image (seed 0) is saved to `image` if given."""
     import torch
 
     pipe.set_progress_bar_config(disable=True)
@@ -54,7 +55,7 @@ def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = 
             for v in (timings or {}).values():
                 v.clear()  # keep the warm runs' component times only
         start = time.perf_counter()
-        pipe(
+        out = pipe(
             PROMPT,
             num_inference_steps=1,
             guidance_scale=0.0,
@@ -65,6 +66,8 @@ def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = 
         times.append(time.perf_counter() - start)
         if i == 0:
             cold = time.perf_counter() - t0
+            if image:
+                out.images[0].save(image)
     return {
         "cold_start_s": cold,
         "end_to_end_s": _stats(times[1:]),
@@ -83,16 +86,19 @@ def _optimum_class(kind: str, model: str):
     return getattr(module, f"OVStableDiffusion{xl}Pipeline")
 
 
-def child_optimum_export(kind: str, model: str, source: str, out: str) -> dict:
+def child_optimum_export(kind: str, model: str, source: str, out: str, int8: bool = False) -> dict:
+    """optimum's export of `source`: fp32 (as nitro-edge exports it), or with int8 weights (OpenVINO)."""
     cls = _optimum_class(kind, model)
     t0 = time.perf_counter()
-    extra = {"load_in_8bit": False, "compile": False} if kind == "openvino" else {}  # fp32, as exported by us
+    extra = {"load_in_8bit": int8, "compile": False} if kind == "openvino" else {}
     pipe = cls.from_pretrained(source, export=True, **extra)
     pipe.save_pretrained(out)
     return {"export_s": time.perf_counter() - t0}
 
 
-def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, ov_config: dict | None) -> dict:
+def child_optimum_run(
+    kind: str, model: str, folder: str, runs: int, size: int, ov_config: dict | None, image: str | None = None
+) -> dict:
     cls = _optimum_class(kind, model)
     t0 = time.perf_counter()
     if kind == "openvino":
@@ -100,7 +106,7 @@ def child_optimum_run(kind: str, model: str, folder: str, runs: int, size: int, 
         pipe = cls.from_pretrained(folder, ov_config=ov_config or {})
     else:
         pipe = cls.from_pretrained(folder)
-    return _run_pipeline(pipe, runs, size, t0)
+    return _run_pipeline(pipe, runs, size, t0, image=image)
 
 
 def child_export(
@@ -125,10 +131,12 @@ def child_export(
     return {"export_s": time.perf_counter() - t0, "parity_psnr_db": parity}
 
 
-def child_bench(bundle: str, backend: str, precision: str, runs: int, options: dict) -> dict:
+def child_bench(
+    bundle: str, backend: str, precision: str, runs: int, options: dict, image: str | None = None, memory="normal"
+) -> dict:
     from nitro_edge.bench import measure
 
-    r = measure(bundle, backend, precision, runs, 1, options)
+    r = measure(bundle, backend, precision, runs, 1, options, memory, prompt=PROMPT, image=image)
     return {
         "cold_start_s": r["cold_start_s"],
         "end_to_end_s": r["end_to_end_s"],
@@ -155,10 +163,11 @@ CHILDREN = {
 }
 
 
-def in_child(name: str, *args) -> dict:
-    """Run CHILDREN[name](*args) in a fresh process; its result plus wall time and peak RSS."""
+def in_child(name: str, *args, script: str = __file__) -> dict:
+    """Run CHILDREN[name](*args) of `script` (this file by default) in a fresh process; its result plus
+    wall time and peak RSS."""
     t0 = time.perf_counter()
-    child = subprocess.run([sys.executable, __file__, name, json.dumps(args)], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, script, name, json.dumps(args)], capture_output=True, text=True)
     if child.returncode != 0:
         lines = [line for line in child.stderr.strip().splitlines() if line.strip()] or ["no output"]
         reason = "killed by signal 9 (out of memory?)" if child.returncode == -9 else lines[-1][:300]
@@ -169,8 +178,8 @@ def in_child(name: str, *args) -> dict:
     return result
 
 
-def _child_main(name: str, args_json: str) -> None:
-    result = CHILDREN[name](*json.loads(args_json))
+def child_main(children: dict, name: str, args_json: str) -> None:
+    result = children[name](*json.loads(args_json))
     from nitro_edge.bench import peak_rss_bytes
 
     result["peak_rss_gib"] = peak_rss_bytes() / 2**30
@@ -178,4 +187,4 @@ def _child_main(name: str, args_json: str) -> None:
 
 
 if __name__ == "__main__":
-    _child_main(sys.argv[1], sys.argv[2])
+    child_main(CHILDREN, sys.argv[1], sys.argv[2])

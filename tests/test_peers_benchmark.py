@@ -1,0 +1,93 @@
+"""benchmarks/peers.py: the targets it reports (only pipelines at >= 40 dB against their own fp32 count),
+the kernels and matmul peaks it reads from OpenVINO, and nitro-edge's bench saving the image it
+compares. The peers themselves (openvino.genai, stable-diffusion.cpp, optimum) are the `peers` extra,
+not installed by the default test environment."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+ov = pytest.importorskip("openvino")
+
+import peers  # noqa: E402
+from scale.children import in_child  # noqa: E402
+
+
+def row(id_, family, seconds, decoder="full VAE", psnr=None, ref=None, rss=1.0):
+    return {
+        "id": id_,
+        "label": id_,
+        "family": family,
+        "decoder": decoder,
+        "ref": ref,
+        "end_to_end_s": {"median": seconds},
+        "peak_rss_gib": rss,
+        "psnr_vs_own_fp32_db": psnr,
+    }
+
+
+def test_targets_count_only_pipelines_that_keep_40_db():
+    rows = [
+        row("diffusers", "diffusers", 40.0, rss=5.0),
+        row("genai-f32", "genai", 12.0),
+        row("genai-int8", "genai", 6.0, psnr=39.0, ref="genai-f32"),  # too far from its fp32: not counted
+        row("sdcpp-f32", "sdcpp", 30.0),
+        row("optimum-f32", "optimum", 13.0),
+        row("nitro-int8-act", "nitro-edge", 7.0, psnr=35.0, rss=1.5),  # under 40 dB: not counted for speed
+        row("nitro-int8-hybrid", "nitro-edge", 8.0, psnr=48.0, rss=2.5),
+        row("fastsd-f32", "fastsd", 6.0, decoder="tiny decoder"),
+        row("nitro-tiny-int8-hybrid", "nitro-edge", 2.0, decoder="tiny decoder", psnr=55.0),
+    ]
+    lines = "\n".join(peers.targets(rows, rows[0]))
+    assert "nitro-int8-hybrid vs best genai (genai-f32): 1.50× (target 1.5×: met)" in lines
+    assert "vs best optimum (optimum-f32): 1.62×" in lines and "vs best sdcpp (sdcpp-f32): 3.75×" in lines
+    assert "full VAE vs diffusers: 5.00× (target 4×: met)" in lines
+    assert "nitro-tiny-int8-hybrid vs fastsd-f32: 3.00× (target 1.5×: met)" in lines
+    assert "tiny decoder vs diffusers: 20.00× (target 15×: met)" in lines
+    # memory counts every int8 full-VAE row (the quality condition is for speed): 1.5 / 5.0
+    assert "nitro-int8-act: 0.30× diffusers' (target ≤ 0.4×: met)" in lines
+
+
+def test_without_bf16_the_device_default_rows_are_left_out():
+    with_bf16, without = {r.id for r in peers.plan(True)}, {r.id for r in peers.plan(False)}
+    assert {"genai-default", "optimum-default", "nitro-fp32-default"} <= with_bf16 - without
+    assert all(not i.endswith("-default") for i in without) and "genai-int8" in without
+    assert all(r.ref in without for r in peers.plan(False) if r.ref)  # every reference row is measured
+
+
+def test_psnr_of_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((8, 8, 3), 100, np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 110  # one channel of one pixel off by 10: MSE 100 / 192
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    assert peers.psnr(tmp_path / "a.png", tmp_path / "a.png") == float("inf")
+    assert peers.psnr(tmp_path / "a.png", tmp_path / "b.png") == pytest.approx(10 * np.log10(255**2 * 192 / 100))
+
+
+def test_matmul_peaks_and_the_kernels_that_ran():
+    result = in_child("child_gemm_peak", 256, 2, script=peers.PEERS)
+    assert set(result) >= {"f32", "bf16", "int8"}
+    for figures in (result["f32"], result["bf16"], result["int8"]):
+        assert figures["flops_per_s"] > 0 and figures["kernels"]
+    assert any(" u8 " in k or " i8 " in k for k in result["int8"]["kernels"]), result["int8"]["kernels"]
+
+
+def test_kernels_of_a_bundle_and_the_bench_image(tiny_source, tmp_path):
+    from nitro_edge.bench import measure
+    from nitro_edge.export import export_bundle
+
+    bundle = export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["openvino"], precision="fp32", shift=500)
+    kernels = in_child("child_kernels", str(bundle), "fp32", "f32", script=peers.PEERS)["kernels"]
+    assert set(kernels) == {"generator", "vae_decoder"}
+    assert any(k.startswith("Convolution f32 ") for k in kernels["vae_decoder"]), kernels
+    image = tmp_path / "seed0.png"
+    r = measure(str(bundle), "openvino", "fp32", 1, 1, prompt="a blue square", image=str(image))
+    assert image.is_file() and r["end_to_end_s"]["median"] > 0
+    json.dumps(r)  # what the benchmark stores
