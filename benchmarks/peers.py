@@ -19,19 +19,20 @@ sdist: a C++ compiler and CMake). Rows, each measured in a fresh process (so its
   .safetensors file (nitro_edge.models.single_file_writer), converted on load to f32, f16 and q8_0
   (ggml's q8_0 matmuls quantise activations to int8 on the fly: its int8 mode), and q8_0 with TAESD.
 - nitro-edge OpenVINO bundles exported from the same folder: int8-act (the decoder's activations in
-  int8 too), int8-act with memory="low", int8-hybrid, int8-hybrid with the tiny decoder, and fp32
-  (f32 compute, and the device default).
+  int8 too), int8-act with memory="low", fp32 (f32 compute, and the device default), fp32 with the
+  tiny decoder, int8-hybrid with the full VAE and with the tiny decoder.
 
 Per row: median of --runs warm runs after one cold call, cold start (load, compile, first call), peak
 RSS, size on disk, and the seed-0 image's PSNR against the same pipeline's own fp32 image (the
 pipelines draw their noise differently, so a seed gives each a different image; optimum and genai
 both draw torch's, so they are also compared with diffusers). nitro-edge rows quote their export
-gate's end-to-end PSNR instead (against the same pipeline in torch fp32, two prompts). Also: which kernels OpenVINO ran for
-nitro-edge's bundles, this machine's matmul peak at f32 / bf16 / int8 in OpenVINO, and each
+gate's end-to-end PSNR instead (against the same pipeline in torch fp32, two prompts). Also: which
+kernels OpenVINO ran for nitro-edge's bundles, this machine's matmul peak at f32 / bf16 / int8 in OpenVINO, and each
 OpenVINO generator's achieved FLOP rate against the peak of the precision it ran at.
 
 Rows are kept in OUT/sd15/peers/<row>.json, images in OUT/sd15/peers/images/; a second invocation
-reuses what an earlier one measured. Writes OUT/peers.md, OUT/peers.json and OUT/peers.png.
+reuses what an earlier one measured (a failed row is measured again); `--rows ID ...` measures and
+reports a subset. Writes OUT/peers.md, OUT/peers.json and OUT/peers.png.
 """
 
 from __future__ import annotations
