@@ -46,7 +46,7 @@ from pathlib import Path
 
 from scale.children import ChildFailed, in_child
 from scale.models import build, build_taesd
-from scale.report import cores, cpu_model, markdown, unet_flops
+from scale.report import FLAGS, cell, cores, cpu_flags, cpu_model, markdown, unet_flops
 
 PEERS = str(Path(__file__).parent / "scale" / "peer_children.py")
 SIZE = 512
@@ -295,15 +295,15 @@ def report_md(results: list[dict], figures: dict, runs: int) -> list[str]:
                 r["decoder"],
                 f"{e2e:.2f}",
                 f"{base['end_to_end_s']['median'] / e2e:.2f}",
-                _f(comps.get("generator", {}).get("median")),
-                _f(comps.get("vae_decoder", {}).get("median")),
+                cell(comps.get("generator", {}).get("median")),
+                cell(comps.get("vae_decoder", {}).get("median")),
                 f"{r['cold_start_s']:.1f}",
                 f"{r['peak_rss_gib']:.2f}",
                 f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f}",
-                _f(r.get("size_gib")),
-                _f(r.get("export_s"), "{:.0f}"),
-                _f(r.get("psnr_vs_own_fp32_db"), "{:.1f}"),
-                _f(r.get("psnr_vs_diffusers_db"), "{:.1f}"),
+                cell(r.get("size_gib")),
+                cell(r.get("export_s"), "{:.0f}"),
+                cell(r.get("psnr_vs_own_fp32_db"), "{:.1f}"),
+                cell(r.get("psnr_vs_diffusers_db"), "{:.1f}"),
             ]
         )
     lines = [f"### sd15 (512², 1 step, median of {runs} warm runs)", "", *markdown(columns, cells), ""]
@@ -382,10 +382,6 @@ def targets(results: list[dict], base: dict) -> list[str]:
     return lines
 
 
-def _f(value, fmt: str = "{:.2f}") -> str:
-    return "" if value is None else fmt.format(value)
-
-
 def chart(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -406,19 +402,6 @@ def chart(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that decide which low-precision kernels can run (from /proc/cpuinfo, as lscpu shows)."""
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    have = set(line.split(":", 1)[1].split())
-    return [f for f in FLAGS if f in have]
 
 
 def main(argv=None) -> None:

@@ -43,36 +43,43 @@ def child_diffusers(source: str, model: str, runs: int, size: int, image: str | 
     return _run_pipeline(pipe, runs, size, t0, timings, image)
 
 
+def timed_calls(call, runs: int, t0: float, image: str | None = None) -> dict:
+    """`call(i)` returns the image of seed i: one cold call (seed 0, its image saved to `image` if
+    given), then `runs` warm ones; cold start counts from `t0` (before loading)."""
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        out = call(i)
+        times.append(time.perf_counter() - start)
+        if i == 0:
+            cold = time.perf_counter() - t0
+            if image:
+                out.save(image)
+    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]), "components_s": {}}
+
+
 def _run_pipeline(pipe, runs: int, size: int, t0: float, timings: dict | None = None, image: str | None = None) -> dict:
-    """One cold call, then `runs` warm ones; cold start counts from `t0` (before loading). The cold
-    call's image (seed 0) is saved to `image` if given."""
+    """A diffusers-style pipeline through timed_calls; `timings` (component times) keep the warm runs only."""
     import torch
 
     pipe.set_progress_bar_config(disable=True)
-    times = []
-    for i in range(runs + 1):
+
+    def call(i):
         if i == 1:
             for v in (timings or {}).values():
-                v.clear()  # keep the warm runs' component times only
-        start = time.perf_counter()
-        out = pipe(
+                v.clear()
+        return pipe(
             PROMPT,
             num_inference_steps=1,
             guidance_scale=0.0,
             height=size,
             width=size,
             generator=torch.Generator().manual_seed(i),
-        )
-        times.append(time.perf_counter() - start)
-        if i == 0:
-            cold = time.perf_counter() - t0
-            if image:
-                out.images[0].save(image)
-    return {
-        "cold_start_s": cold,
-        "end_to_end_s": _stats(times[1:]),
-        "components_s": {k: _stats(v) for k, v in (timings or {}).items()},
-    }
+        ).images[0]
+
+    result = timed_calls(call, runs, t0, image)
+    result["components_s"] = {k: _stats(v) for k, v in (timings or {}).items()}
+    return result
 
 
 def _optimum_class(kind: str, model: str):

@@ -13,21 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from scale.children import PROMPT, _stats, child_main  # noqa: E402
-
-
-def _timed_calls(call, runs: int, t0: float, image: str | None) -> dict:
-    """One cold call (seed 0, its image saved), then `runs` warm ones (seeds 1..runs)."""
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        out = call(i)
-        times.append(time.perf_counter() - start)
-        if i == 0:
-            cold = time.perf_counter() - t0
-            if image:
-                out.save(image)
-    return {"cold_start_s": cold, "end_to_end_s": _stats(times[1:]), "components_s": {}}
+from scale.children import PROMPT, child_main, timed_calls  # noqa: E402
 
 
 def child_genai_run(folder: str, runs: int, size: int, config: dict, image: str | None = None) -> dict:
@@ -53,7 +39,7 @@ def child_genai_run(folder: str, runs: int, size: int, config: dict, image: str 
         )
         return Image.fromarray(np.asarray(tensor.data)[0])
 
-    return _timed_calls(call, runs, t0, image)
+    return timed_calls(call, runs, t0, image)
 
 
 def child_ov_tokenizer(folder: str) -> dict:
@@ -90,7 +76,7 @@ def child_sdcpp_run(
     def call(i):
         return sd.generate_image(PROMPT, cfg_scale=1.0, sample_steps=1, width=size, height=size, seed=i)[0]
 
-    return _timed_calls(call, runs, t0, image)
+    return timed_calls(call, runs, t0, image)
 
 
 def child_fastsd_folder(optimum_folder: str, taesd: str, out: str, size: int) -> dict:

@@ -16,7 +16,8 @@ def markdown(columns: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def _f(value, fmt: str = "{:.2f}") -> str:
+def cell(value, fmt: str = "{:.2f}") -> str:
+    """A table cell: the value formatted, or empty when there is none."""
     return "" if value is None else fmt.format(value)
 
 
@@ -43,7 +44,11 @@ def table(rows: list[dict]) -> list[str]:
     base = next(r for r in rows if r["id"] == "diffusers")
     cells = []
     for r in rows:
-        export = [_f(r.get("size_gib")), _f(r.get("export_s"), "{:.0f}"), _f(r.get("export_peak_rss_gib"), "{:.1f}")]
+        export = [
+            cell(r.get("size_gib")),
+            cell(r.get("export_s"), "{:.0f}"),
+            cell(r.get("export_peak_rss_gib"), "{:.1f}"),
+        ]
         if "failed" in r:
             cells.append([r["label"], r["decoder"], r["failed"]])
         elif "not_run" in r:  # exported only
@@ -77,9 +82,9 @@ def table(rows: list[dict]) -> list[str]:
                     r["decoder"],
                     f"{e2e:.2f}",
                     f"{base['end_to_end_s']['median'] / e2e:.2f}",
-                    _f(text),
-                    _f(comps.get("generator", {}).get("median")),
-                    _f(comps.get("vae_decoder", {}).get("median")),
+                    cell(text),
+                    cell(comps.get("generator", {}).get("median")),
+                    cell(comps.get("vae_decoder", {}).get("median")),
                     f"{r['cold_start_s']:.1f}",
                     f"{r['peak_rss_gib']:.2f}",
                     f"{r['peak_rss_gib'] / base['peak_rss_gib']:.2f}",
@@ -157,6 +162,19 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "unknown CPU"
+
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide which low-precision kernels can run (from /proc/cpuinfo, as lscpu shows)."""
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    have = set(line.split(":", 1)[1].split())
+    return [f for f in FLAGS if f in have]
 
 
 def cores() -> int:
