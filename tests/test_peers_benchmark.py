@@ -58,6 +58,17 @@ def test_without_bf16_the_device_default_rows_are_left_out():
     assert all(r.ref in without for r in peers.plan(False) if r.ref)  # every reference row is measured
 
 
+def test_nitro_rows_quote_the_gate_at_the_precision_they_compute_in(tmp_path):
+    parity = {"end_to_end_psnr_db": 102.9, "variants": {"device_default": {"passed": True, "end_to_end_psnr_db": 49.4}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"parity": {"openvino/fp32": parity}}))
+    by_id = {p.id: p for p in peers.plan(True)}
+    assert peers.gate_psnr(tmp_path, by_id["nitro-fp32-f32"]) == 102.9
+    assert peers.gate_psnr(tmp_path, by_id["nitro-fp32-default"]) == 49.4
+    parity["variants"]["device_default"] = {"passed": False, "reason": "under its floor"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"parity": {"openvino/fp32": parity}}))
+    assert peers.gate_psnr(tmp_path, by_id["nitro-tiny-fp32-default"]) is None  # not counted for speed
+
+
 def test_psnr_of_images(tmp_path):
     import numpy as np
     from PIL import Image
