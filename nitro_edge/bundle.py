@@ -125,6 +125,15 @@ class Bundle:
                 and isinstance(entry.get("pad_token_id"), int)
             ):
                 raise BundleError("each manifest tokenizer needs file (str), max_length (int), pad_token_id (int)")
+            if entry["max_length"] != self.dims.max_length:
+                raise BundleError(
+                    f"manifest tokenizer max_length {entry['max_length']} differs from the text encoders' "
+                    f"input length {self.dims.max_length} (dims.max_length)"
+                )
+            if not 0 <= entry["pad_token_id"] < 2**31:
+                raise BundleError(
+                    f"manifest tokenizer pad_token_id must be a token id (0 to 2**31 - 1), got {entry['pad_token_id']}"
+                )
             safe_relpath(self.root, entry["file"])
         for name, comp in m["components"].items():
             artifacts = comp.get("artifacts", {})

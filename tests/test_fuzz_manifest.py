@@ -84,3 +84,20 @@ def test_arbitrary_json_fails_only_with_bundle_error(valid, manifest, tmp_path_f
     root, _ = valid
     with pytest.raises(BundleError):
         open_with(root, manifest, tmp_path_factory)
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("pad_token_id", -1, "pad_token_id"),
+        ("pad_token_id", 2**40, "pad_token_id"),
+        ("max_length", 2**40, "max_length"),
+    ],
+)
+def test_tokenizer_numbers_out_of_range_are_bundle_errors(valid, tmp_path_factory, field, value, says):
+    """What the long fuzz found: numbers the tokenizers library cannot take raised OverflowError."""
+    root, manifest = valid
+    mutated = copy.deepcopy(manifest)
+    mutated["tokenizers"][0][field] = value
+    with pytest.raises(BundleError, match=says):
+        open_with(root, mutated, tmp_path_factory)
