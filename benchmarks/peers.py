@@ -19,8 +19,9 @@ sdist: a C++ compiler and CMake). Rows, each measured in a fresh process (so its
   .safetensors file (nitro_edge.models.single_file_writer), converted on load to f32, f16 and q8_0
   (ggml's q8_0 matmuls quantise activations to int8 on the fly: its int8 mode), and q8_0 with TAESD.
 - nitro-edge OpenVINO bundles exported from the same folder: int8-act (the decoder's activations in
-  int8 too), int8-act with memory="low" (without and with OpenVINO's compiled-model cache), fp32 (f32 compute, and the device default), fp32 with the
-  tiny decoder (both), int8-hybrid with the full VAE and with the tiny decoder.
+  int8 too), int8-act with memory="low" (without and with OpenVINO's compiled-model cache), fp32
+  with the full VAE and with the tiny decoder (each at f32 compute and at the device default),
+  int8-hybrid with the full VAE and with the tiny decoder.
 
 Per row: median of --runs warm runs after one cold call, cold start (load, compile, first call), peak
 RSS, size on disk, and the seed-0 image's PSNR against the same pipeline's own fp32 image (the
@@ -418,8 +419,8 @@ def chart(results: list[dict], path: Path) -> None:
     ax.set_xlabel("end-to-end latency, s (median, log scale)")
     ax.set_title("SD1.5 512², 1 step: grey diffusers, orange optimum, red FastSD config,\npurple openvino.genai, "
                  "green stable-diffusion.cpp, blue nitro-edge", fontsize=7)  # fmt: skip
-    for i, r in enumerate(rows[::-1]):
-        ax.text(r["end_to_end_s"]["median"] * 1.03, i, f"{r['end_to_end_s']['median']:.2f}", va="center", fontsize=6)
+    for i, seconds in enumerate(r["end_to_end_s"]["median"] for r in rows[::-1]):
+        ax.text(seconds * 1.03, i, f"{seconds:.2f}", va="center", fontsize=6)
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
