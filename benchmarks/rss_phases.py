@@ -2,7 +2,10 @@
 twice, with the peak and the current RSS (anonymous and file-backed) after each phase and each
 component call. The kernel's peak counter is reset between phases (Linux /proc/self/clear_refs).
 
-    python benchmarks/rss_phases.py BUNDLE [--backend openvino] [--precision int8-hybrid]
+    python benchmarks/rss_phases.py BUNDLE [--backend openvino] [--precision int8-hybrid] [--memory low]
+
+With --memory low each component is loaded, run and released in its phase, so the peak after a
+component's call is that of its load, compile and call.
 """
 
 from __future__ import annotations
@@ -39,20 +42,26 @@ def main(argv=None) -> None:
     parser.add_argument("bundle")
     parser.add_argument("--backend", default="openvino")
     parser.add_argument("--precision", default="int8-hybrid")
+    parser.add_argument("--memory", choices=("normal", "low"), default="normal")
     args = parser.parse_args(argv)
     import nitro_edge
 
     _report("import")
-    sampler = nitro_edge.load(args.bundle, args.backend, precision=args.precision)
-    _report("load and compile")
-    for name, fn in list(sampler.components.items()):
+    sampler = nitro_edge.load(args.bundle, args.backend, precision=args.precision, memory=args.memory)
+    _report("load and compile" if args.memory == "normal" else "open (components load per phase)")
 
-        def call(_fn=fn, _name=name, **arrays):
-            out = _fn(**arrays)
-            _report(f"  {_name}")
+    def reported(name, fn):
+        def call(**arrays):
+            out = fn(**arrays)
+            _report(f"  {name}" + (" (load, compile, call)" if args.memory == "low" else ""))
             return out
 
-        sampler.components[name] = call
+        return call
+
+    if args.memory == "low":
+        sampler.components.wrap = reported
+    else:
+        sampler.components = {name: reported(name, fn) for name, fn in sampler.components.items()}
     for seed in range(2):
         sampler.generate(PROMPT, seed=seed)
         _report(f"after image {seed + 1}")

@@ -58,6 +58,24 @@ def test_without_bf16_the_device_default_rows_are_left_out():
     assert all(r.ref in without for r in peers.plan(False) if r.ref)  # every reference row is measured
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_sdxl_rows_are_a_subset_with_their_references(bf16, tmp_path):
+    sdxl = {r.id for r in peers.plan(bf16, "sdxl")}
+    assert sdxl <= {r.id for r in peers.plan(bf16)} and {"diffusers", "nitro-int8-hybrid", "genai-int8"} <= sdxl
+    assert all(r.ref in sdxl for r in peers.plan(bf16, "sdxl") if r.ref)
+    # the SD1.5 rows keep their folder; SDXL at 512² is not mistaken for the native 1024² one
+    assert peers.model_folder(tmp_path, "sd15", 512) == tmp_path / "sd15"
+    assert peers.model_folder(tmp_path, "sdxl", 512) == tmp_path / "sdxl-512"
+    assert peers.model_folder(tmp_path, "sdxl", 1024) == tmp_path / "sdxl"
+
+
+def test_sdxl_comparisons_are_not_called_targets():
+    rows = [row("diffusers", "diffusers", 40.0), row("nitro-int8-hybrid", "nitro-edge", 8.0, psnr=48.0)]
+    assert peers.targets(rows, rows[0])[0].startswith("Targets")
+    sdxl = peers.targets(rows, rows[0], "sdxl")
+    assert "set on SD1.5" in sdxl[0] and "full VAE vs diffusers: 5.00×" in "\n".join(sdxl)
+
+
 def test_nitro_rows_quote_the_gate_at_the_precision_they_compute_in(tmp_path):
     parity = {"end_to_end_psnr_db": 102.9, "variants": {"device_default": {"passed": True, "end_to_end_psnr_db": 49.4}}}
     (tmp_path / "manifest.json").write_text(json.dumps({"parity": {"openvino/fp32": parity}}))

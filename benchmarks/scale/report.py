@@ -136,14 +136,15 @@ def gemm_peak() -> float:
     return 2 * 4096**3 / min(times)
 
 
-def unet_flops(source: Path) -> float:
-    """FLOPs of one UNet call at the model's native size, batch 1, by torch's FLOP counter."""
+def unet_flops(source: Path, size: int | None = None) -> float:
+    """FLOPs of one UNet call at `size`² pixels (the model's native size by default), batch 1, by
+    torch's FLOP counter."""
     import diffusers
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     unet = diffusers.UNet2DConditionModel.from_pretrained(str(source / "unet")).eval()
-    latent = unet.config.sample_size
+    latent = size // 8 if size else unet.config.sample_size
     added = None
     if unet.config.addition_embed_type == "text_time":
         added = {"text_embeds": torch.randn(1, 1280), "time_ids": torch.randn(1, 6)}
