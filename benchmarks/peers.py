@@ -31,11 +31,11 @@ gate's end-to-end PSNR instead (against the same pipeline in torch fp32, two pro
 kernels OpenVINO ran for nitro-edge's bundles, this machine's matmul peak at f32 / bf16 / int8 in OpenVINO, and each
 OpenVINO generator's achieved FLOP rate against the peak of the precision it ran at.
 
-SDXL gets the subset SDXL_ROWS (no fp32 nitro-edge bundles, one stable-diffusion.cpp weight type
-besides f32). Rows are kept in OUT/<model>/peers/<row>.json (OUT/sdxl-512/ for SDXL at 512²), images
+SDXL gets the subset SDXL_ROWS (nitro-edge's fp32 and int8-hybrid bundles, one stable-diffusion.cpp
+weight type besides f32). Rows are kept in OUT/<model>/peers/<row>.json (OUT/sdxl-512/ for SDXL at 512²), images
 in .../peers/images/; a second invocation reuses what an earlier one measured (a failed row is
-measured again); `--rows ID ...` measures and reports a subset (with diffusers, the base of the
-ratios). Writes OUT/peers.md, OUT/peers.json, OUT/peers.png (SD1.5) and OUT/peers-sdxl.png.
+measured again, unless --keep-failed); `--rows ID ...` measures and reports a subset (with diffusers,
+the base of the ratios). Writes OUT/peers.md, OUT/peers.json, OUT/peers.png (SD1.5) and OUT/peers-sdxl.png.
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ PEERS = str(Path(__file__).parent / "scale" / "peer_children.py")
 # two cores (--sdxl-size 1024 measures it there). The issue's targets are set on SD1.5.
 SIZES = {"sd15": 512, "sdxl": 512}
 TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}
-# The SDXL rows: one reference row per family, its int8 rows, the tiny-decoder rows, nitro-edge's int8.
+# The SDXL rows: each family's f32 and device-default rows, its int8 rows, the tiny-decoder rows.
 SDXL_ROWS = {
     "diffusers", "optimum-f32", "optimum-default", "optimum-int8", "fastsd-f32", "fastsd-default", "genai-f32",
-    "genai-default", "genai-int8", "sdcpp-f32", "sdcpp-q8_0", "sdcpp-q8_0-taesd", "nitro-int8-hybrid",
+    "genai-default", "genai-int8", "sdcpp-f32", "sdcpp-q8_0", "sdcpp-q8_0-taesd", "nitro-fp32-f32",
+    "nitro-fp32-default", "nitro-tiny-fp32-f32", "nitro-tiny-fp32-default", "nitro-int8-hybrid",
     "nitro-tiny-int8-hybrid",
 }  # fmt: skip
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -231,7 +232,9 @@ def model_folder(out: Path, model: str, size: int) -> Path:
     return out / (model if size == NATIVE[model] else f"{model}-{size}")
 
 
-def measure(out: Path, runs: int, report, only: list[str] | None = None, model: str = "sd15", size: int = 512):
+def measure(
+    out: Path, runs: int, report, only: list[str] | None = None, model: str = "sd15", size: int = 512, retry=True
+):
     folder = model_folder(out, model, size)
     rows_dir = folder / "peers"
     (rows_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -244,10 +247,10 @@ def measure(out: Path, runs: int, report, only: list[str] | None = None, model: 
     for peer in peers:
         cached = rows_dir / f"{peer.id}.json"
         kept = json.loads(cached.read_text()) if cached.is_file() else {"failed": "not measured"}
-        if "failed" not in kept:  # a failed row is measured again
+        if "failed" not in kept or (cached.is_file() and not retry):  # a failed row is measured again if retry
             kept.update(label=peer.label, family=peer.family, decoder=peer.decoder, ref=peer.ref)  # as planned now
             results.append(kept)
-            report(f"{peer.id}: reused {cached}")
+            report(f"{peer.id}: reused {cached}" + (f" ({kept['failed']})" if "failed" in kept else ""))
             continue
         image = rows_dir / "images" / f"{peer.id}.png"
         try:
@@ -461,6 +464,9 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--sdxl-size", type=int, choices=(512, 1024), default=SIZES["sdxl"])
     parser.add_argument("--rows", nargs="+", metavar="ID", help="measure and report these rows only (default: all)")
+    parser.add_argument(
+        "--keep-failed", action="store_true", help="report a cached failed row, do not measure it again"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -475,7 +481,7 @@ def main(argv=None) -> None:
     for model in args.models:
         size = args.sdxl_size if model == "sdxl" else SIZES[model]
         folder = model_folder(args.out, model, size)
-        results = measure(args.out, args.runs, report, args.rows, model, size)
+        results = measure(args.out, args.runs, report, args.rows, model, size, retry=not args.keep_failed)
         figures = machine_figures(folder, size, report)
         lines += ["", *report_md(results, figures, args.runs, model, size)]
         everything[model] = {"size": size, "rows": results, **figures}

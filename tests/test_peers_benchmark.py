@@ -120,3 +120,25 @@ def test_kernels_of_a_bundle_and_the_bench_image(tiny_source, tmp_path):
     r = measure(str(bundle), "openvino", "fp32", 1, 1, prompt="a blue square", image=str(image))
     assert image.is_file() and r["end_to_end_s"]["median"] > 0
     json.dumps(r)  # what the benchmark stores
+
+
+def test_a_cached_failed_row_is_reported_not_measured_again_with_keep_failed(tmp_path, monkeypatch):
+    folder = tmp_path / "sdxl-512"
+    for done in (folder / "source" / "model_index.json", tmp_path / "taesd" / "config.json"):
+        done.parent.mkdir(parents=True)
+        done.write_text("{}")
+    rows = folder / "peers"
+    rows.mkdir()
+    (rows / "diffusers.json").write_text(json.dumps(row("diffusers", "diffusers", 18.0)))
+    oom = {"id": "nitro-int8-hybrid", "failed": "child_export failed: killed by signal 9 (out of memory?)"}
+    (rows / "nitro-int8-hybrid.json").write_text(json.dumps(oom))
+
+    def no_child(*args, **kwargs):
+        raise AssertionError(f"measured again: {args}")
+
+    monkeypatch.setattr(peers, "make_export", no_child)
+    results = peers.measure(tmp_path, 3, print, ["nitro-int8-hybrid"], "sdxl", 512, retry=False)
+    assert [r["id"] for r in results] == ["diffusers", "nitro-int8-hybrid"]
+    assert results[1]["failed"] == oom["failed"] and results[1]["family"] == "nitro-edge"
+    with pytest.raises(AssertionError, match="measured again"):  # the default measures a failed row again
+        peers.measure(tmp_path, 3, print, ["nitro-int8-hybrid"], "sdxl", 512)
