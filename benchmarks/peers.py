@@ -437,6 +437,7 @@ def chart(results: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     rows = [r for r in results if "failed" not in r]
     colours = {"diffusers": "#999999", "optimum": "#dd8452", "fastsd": "#c44e52", "genai": "#8172b3",
@@ -446,6 +447,9 @@ def chart(results: list[dict], path: Path, title: str) -> None:
     ax.barh(labels[::-1], [r["end_to_end_s"]["median"] for r in rows][::-1],
             color=[colours[r["family"]] for r in rows][::-1])  # fmt: skip
     ax.set_xscale("log")  # the rows span 0.5 to 150 s
+    ax.xaxis.set_major_locator(FixedLocator([0.5, 1, 2, 5, 10, 20, 50, 100, 200]))
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # plain seconds, not powers of ten
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("end-to-end latency, s (median, log scale)")
     ax.set_title(f"{title}, 1 step: grey diffusers, orange optimum, red FastSD config,\npurple openvino.genai, "
                  "green stable-diffusion.cpp, blue nitro-edge", fontsize=7)  # fmt: skip
