@@ -4,8 +4,8 @@ component call. The kernel's peak counter is reset between phases (Linux /proc/s
 
     python benchmarks/rss_phases.py BUNDLE [--backend openvino] [--precision int8-hybrid] [--memory low]
 
-With --memory low each component is loaded, run and released in its phase, so the peak after a
-component's call is that of its load, compile and call.
+With --memory low each component is loaded, run and released in its phase; the peak is reported
+after the previous one's release, after its load and compile, and after its call.
 """
 
 from __future__ import annotations
@@ -51,15 +51,25 @@ def main(argv=None) -> None:
     _report("load and compile" if args.memory == "normal" else "open (components load per phase)")
 
     def reported(name, fn):
+        if args.memory == "low":
+            _report(f"  {name} load and compile")
+
         def call(**arrays):
             out = fn(**arrays)
-            _report(f"  {name}" + (" (load, compile, call)" if args.memory == "low" else ""))
+            _report(f"  {name}" + (" call" if args.memory == "low" else ""))
             return out
 
         return call
 
     if args.memory == "low":
-        sampler.components.wrap = reported
+        components = sampler.components
+        load = components._load  # the peak counter restarts once the previous component is released
+
+        def fresh_load(names):
+            _report("  (previous component released)")
+            return load(names)
+
+        components._load, components.wrap = fresh_load, reported
     else:
         sampler.components = {name: reported(name, fn) for name, fn in sampler.components.items()}
     for seed in range(2):

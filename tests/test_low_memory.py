@@ -89,3 +89,24 @@ def test_low_memory_peaks_lower_in_its_own_process(heavy_bundle):
     # Low holds about the largest component, not all: at least half of the others' bytes are saved.
     saved = runs["normal"]["peak_mib"] - runs["low"]["peak_mib"]
     assert saved >= 0.5 * (sum(sizes.values()) - max(sizes.values())), (runs, sizes)
+
+
+@pytest.mark.parametrize("memory", ["normal", "low"])
+def test_rss_phases_takes_the_shipped_bundle_apart_in_both_modes(memory):
+    pytest.importorskip("openvino")
+    from pathlib import Path
+
+    from nitro_edge import default_model
+
+    script = Path(__file__).parents[1] / "benchmarks" / "rss_phases.py"
+    bundle = default_model.shipped_bundle_folder()
+    argv = [str(bundle), "--backend", "openvino", "--precision", "fp16", "--memory", memory]
+    out = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, check=True).stdout
+    lines = [line.split(" peak ")[0].strip() for line in out.splitlines()]
+    if memory == "low":  # each component: released before, load and compile, call; twice
+        for name in ("text_encoder", "generator", "vae_decoder"):
+            assert lines.count(f"{name} load and compile") == lines.count(f"{name} call") == 2, out
+        assert lines.count("(previous component released)") == 6, out
+    else:
+        assert lines[1] == "load and compile" and lines.count("generator") == 2, out
+    assert lines[-1] == "after image 2" and all(" GiB, now " in line for line in out.splitlines()), out
