@@ -53,8 +53,9 @@ from scale.models import build, build_taesd
 from scale.report import FLAGS, cell, cores, cpu_flags, cpu_model, markdown, unet_flops
 
 PEERS = str(Path(__file__).parent / "scale" / "peer_children.py")
-# SDXL at 512² by default: at 1024² stable-diffusion.cpp alone would take most of an hour per weight type on
-# two cores (--sdxl-size 1024 measures it there). The targets are set on SD1.5.
+# SDXL at 512² by default, for time: stable-diffusion.cpp takes 59 s per SDXL image at 512² on two Sapphire
+# Rapids cores, a row is four images, and 1024² is at least four times the work (--sdxl-size 1024 measures
+# it there). The targets are set on SD1.5.
 SIZES = {"sd15": 512, "sdxl": 512}
 TITLES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 # The SDXL rows: each family's f32 and device-default rows, its int8 rows, the tiny-decoder rows.
@@ -233,7 +234,13 @@ def model_folder(out: Path, model: str, size: int) -> Path:
 
 
 def measure(
-    out: Path, runs: int, report, only: list[str] | None = None, model: str = "sd15", size: int = 512, retry=True
+    out: Path,
+    runs: int,
+    report,
+    only: list[str] | None = None,
+    model: str = "sd15",
+    size: int = 512,
+    retry: bool = True,
 ):
     folder = model_folder(out, model, size)
     rows_dir = folder / "peers"
