@@ -63,13 +63,13 @@ def main(argv=None) -> None:
 
     if args.memory == "low":
         components = sampler.components
-        load = components._load  # the peak counter restarts once the previous component is released
+        load = components.load  # the peak counter restarts once the previous component is released
 
         def fresh_load(names):
             _report("  (previous component released)")
             return load(names)
 
-        components._load, components.wrap = fresh_load, reported
+        components.load, components.wrap = fresh_load, reported
     else:
         sampler.components = {name: reported(name, fn) for name, fn in sampler.components.items()}
     for seed in range(2):

@@ -37,14 +37,15 @@ class OnDemand:
     """Components loaded when a phase of generation needs them and released after it (memory="low",
     as Apple's reduceMemory): text encoders, then the generator for all its steps, then the decoder,
     so the process holds about the largest component and its activations instead of all of them.
-    `load(names)` returns {name: component}; `wrap(name, component)` may wrap each (bench times them)."""
+    `load(names)` returns {name: component}; `wrap(name, component)` may wrap each (bench times them).
+    Both are attributes a caller may replace (a benchmark counting loads or memory per phase)."""
 
     def __init__(self, load: Callable[[list[str]], dict], wrap: Callable | None = None, compute: str | None = None):
-        self._load, self.wrap, self.compute = load, wrap, compute
+        self.load, self.wrap, self.compute = load, wrap, compute
 
     @contextlib.contextmanager
     def use(self, name: str):
-        loaded = self._load([name])
+        loaded = self.load([name])
         held = _Held(self.wrap(name, loaded[name]) if self.wrap else loaded[name])
         try:
             yield held
