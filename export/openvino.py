@@ -17,6 +17,7 @@ batch 1 and the bundle's resolution (so it also compiles for NPUs).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.export.component import Variant
 
+log = logging.getLogger(__name__)
 PRECISIONS = registry.target("openvino").precisions
 # The components whose activations are quantised too (the others get int8 weights only).
 ACTIVATIONS = {"int8-hybrid": ("generator",), "int8-act": ("generator", "vae_decoder")}
@@ -78,6 +80,31 @@ def _quantize_options(nncf, name: str) -> dict:
     }
 
 
+# The export process's peak RSS while NNCF quantises a generator's activations (SmoothQuant off, 512²,
+# Linux): 10.0 GiB for the full-size SD1.5 generator (3.2 GiB in fp32), 22.3 and 23.1 GiB in two
+# exports of SDXL's (9.6 GiB); the line through 10.0 and the higher 23.1 (docs/export.md, "Memory").
+GIB = 1024**3
+QUANTIZE_BASE, QUANTIZE_PER_FP32_BYTE = 3.4 * GIB, 2.06
+
+
+def quantize_memory_warning(onnx: Path, available: int | None = None) -> str | None:
+    """A warning when quantising the fp32 model `onnx` (with its external data) will probably not fit
+    in `available` bytes (by default what the system has free plus what this process holds)."""
+    size = sum(p.stat().st_size for p in onnx.parent.glob(onnx.name + "*"))
+    need = QUANTIZE_BASE + QUANTIZE_PER_FP32_BYTE * size
+    if available is None:
+        import psutil  # NNCF depends on it
+
+        available = psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    if need <= available:
+        return None
+    return (
+        f"quantising the activations of a {size / GIB:.1f} GiB fp32 model takes about {need / GIB:.1f} GiB "
+        f"at 512² (measured; presumably more for larger images), and {available / GIB:.1f} GiB is available: "
+        "the export may be killed for lack of memory. Precision int8 (weights only) needs much less."
+    )
+
+
 def static_shapes(spec) -> dict:
     return {t.name: [1 if d == "batch" else d for d in t.shape] for t in spec.inputs}
 
@@ -93,6 +120,9 @@ def export(component, folder: Path, precision: str, options: Options = Options()
     if precision.startswith("int8"):
         nncf = require("nncf", "openvino")
         if component.name in ACTIVATIONS.get(precision, ()) and component.calibration:
+            warning = quantize_memory_warning(component.onnx_fp32())
+            if warning:
+                log.warning("%s: %s", component.name, warning)
             model = nncf.quantize(
                 model,
                 nncf.Dataset(component.calibration),

@@ -212,3 +212,29 @@ def test_weights_scattered_over_many_files_are_gathered_into_one(tmp_path):
     x = rng.standard_normal((1, 64)).astype(np.float32)
     got = ort.InferenceSession(str(out / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, x @ w1 @ w2, rtol=1e-5)
+
+
+def test_quantize_memory_warning_counts_the_fp32_model_with_its_external_data(tmp_path):
+    from nitro_edge.export.openvino import GIB, quantize_memory_warning
+
+    onnx = tmp_path / "generator.onnx"
+    onnx.write_bytes(b"graph")
+    with open(tmp_path / "generator.onnx.data", "wb") as data:
+        data.truncate(4 * GIB)  # sparse: the size counts, no disk is used
+    (tmp_path / "vae_decoder.onnx.data").write_bytes(b"another component's weights")
+    warning = quantize_memory_warning(onnx, available=8 * GIB)
+    assert "4.0 GiB fp32 model" in warning and "about 11.6 GiB" in warning and "8.0 GiB is available" in warning
+    assert "int8 (weights only)" in warning
+    assert quantize_memory_warning(onnx, available=12 * GIB) is None
+
+
+def test_an_int8_hybrid_export_warns_before_quantising_what_will_not_fit(tiny_source, tmp_path, monkeypatch, caplog):
+    psutil = pytest.importorskip("psutil")
+    from collections import namedtuple
+
+    memory = namedtuple("memory", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(0))
+    caplog.set_level("WARNING", logger="nitro_edge.export.openvino")
+    export_bundle(tiny_source("sd15"), tmp_path / "b", targets=["openvino"], precision="int8-hybrid", shift=500)
+    warnings = [r.getMessage() for r in caplog.records if "killed for lack of memory" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("generator: quantising the activations")
