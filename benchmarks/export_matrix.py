@@ -14,13 +14,6 @@ from pathlib import Path
 from nitro_edge.export import TARGETS, export_bundle, target_precisions
 from nitro_edge.tiny import build_tiny_pipeline
 
-ORDER = ("fp32", "fp16", "int8", "int8-hybrid", "int8-act", "pal8", "pal6", "pal4")
-
-
-def _order(precision: str) -> int:
-    """Table order; a precision added later goes last rather than failing the run."""
-    return ORDER.index(precision) if precision in ORDER else len(ORDER)
-
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -30,7 +23,7 @@ def main(argv=None) -> None:
     rows = []
     for arch in ("sd15", "sdxl"):
         source = build_tiny_pipeline(arch, root / f"tiny-{arch}")
-        precisions = sorted({p for t in TARGETS for p in target_precisions(t)}, key=_order)
+        precisions = dict.fromkeys(p for t in TARGETS for p in target_precisions(t))  # the registry's order
         for precision in precisions:
             targets = [t for t in TARGETS if precision in target_precisions(t)]
             bundle = export_bundle(

@@ -212,7 +212,7 @@ def _at_precision(source: Path, final: Path, precision: str, fused: bool) -> lis
         return _save(model, final)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    large = source.stat().st_size + _data_size(source) > PROTOBUF_LIMIT
+    large = model_bytes(source) > PROTOBUF_LIMIT
     # Fused (com.microsoft) ops have no types in onnx's shape inference; their tensors are float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {}
     quantize_dynamic(
@@ -269,7 +269,7 @@ def _fused(source: Path, name: str, folder: Path) -> Path:
 
 def _ort_format(model_path: Path) -> Path:
     """<name>.ort beside `model_path`: the graph in ONNX Runtime's own format, basic optimisations."""
-    if model_path.stat().st_size + _data_size(model_path) > PROTOBUF_LIMIT:
+    if model_bytes(model_path) > PROTOBUF_LIMIT:
         raise InputError(
             f"{model_path.name} is over 2 GB; the ORT format (flatbuffers) cannot hold it. "
             "Drop --ort-format for this model (ONNX Runtime Mobile is for models under 2 GB)"
@@ -285,6 +285,7 @@ def _ort_format(model_path: Path) -> Path:
     return out
 
 
-def _data_size(path: Path) -> int:
+def model_bytes(path: Path) -> int:
+    """The size of the ONNX model at `path` with its external data file, if it has one."""
     data = path.with_suffix(".onnx.data")
-    return data.stat().st_size if data.exists() else 0
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -25,6 +25,7 @@ from nitro_edge import registry
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.export.component import Variant
+from nitro_edge.export.onnx import model_bytes
 
 log = logging.getLogger(__name__)
 PRECISIONS = registry.target("openvino").precisions
@@ -90,7 +91,7 @@ QUANTIZE_BASE, QUANTIZE_PER_FP32_BYTE = 3.4 * GIB, 2.06
 def quantize_memory_warning(onnx: Path, available: int | None = None) -> str | None:
     """A warning when quantising the fp32 model `onnx` (with its external data) will probably not fit
     in `available` bytes (by default what the system has free plus what this process holds)."""
-    size = sum(p.stat().st_size for p in onnx.parent.glob(onnx.name + "*"))
+    size = model_bytes(onnx)
     need = QUANTIZE_BASE + QUANTIZE_PER_FP32_BYTE * size
     if available is None:
         import psutil  # NNCF depends on it
