@@ -21,7 +21,7 @@ sdist: a C++ compiler and CMake). Rows, each measured in a fresh process (so its
 - nitro-edge OpenVINO bundles exported from the same folder: int8-act (the decoder's activations in
   int8 too), int8-act with memory="low" (without and with OpenVINO's compiled-model cache), fp32
   with the full VAE and with the tiny decoder (each at f32 compute and at the device default),
-  int8-hybrid with the full VAE and with the tiny decoder.
+  int8-hybrid and int8-act with the full VAE and with the tiny decoder.
 
 Per row: median of --runs warm runs after one cold call, cold start (load, compile, first call), peak
 RSS, size on disk, and the seed-0 image's PSNR against the same pipeline's own fp32 image (the
@@ -31,8 +31,8 @@ gate's end-to-end PSNR instead (against the same pipeline in torch fp32, two pro
 kernels OpenVINO ran for nitro-edge's bundles, this machine's matmul peak at f32 / bf16 / int8 in OpenVINO, and each
 OpenVINO generator's achieved FLOP rate against the peak of the precision it ran at.
 
-SDXL gets the subset SDXL_ROWS (nitro-edge's fp32 and int8-hybrid bundles, one stable-diffusion.cpp
-weight type besides f32). Rows are kept in OUT/<model>/peers/<row>.json (OUT/sdxl-512/ for SDXL at 512²), images
+SDXL gets the subset SDXL_ROWS (nitro-edge's fp32, int8-hybrid and int8-act bundles, one
+stable-diffusion.cpp weight type besides f32). Rows are kept in OUT/<model>/peers/<row>.json (OUT/sdxl-512/ for SDXL at 512²), images
 in .../peers/images/; a second invocation reuses what an earlier one measured (a failed row is
 measured again, unless --keep-failed); `--rows ID ...` measures and reports a subset (with diffusers,
 the base of the ratios). Writes OUT/peers.md, OUT/peers.json, OUT/peers.png (SD1.5) and OUT/peers-sdxl.png.
@@ -63,7 +63,7 @@ SDXL_ROWS = {
     "diffusers", "optimum-f32", "optimum-default", "optimum-int8", "fastsd-f32", "fastsd-default", "genai-f32",
     "genai-default", "genai-int8", "sdcpp-f32", "sdcpp-q8_0", "sdcpp-q8_0-taesd", "nitro-fp32-f32",
     "nitro-fp32-default", "nitro-tiny-fp32-f32", "nitro-tiny-fp32-default", "nitro-int8-hybrid",
-    "nitro-tiny-int8-hybrid",
+    "nitro-tiny-int8-hybrid", "nitro-int8-act", "nitro-tiny-int8-act",
 }  # fmt: skip
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
@@ -120,6 +120,8 @@ def plan(bf16: bool, model: str = "sd15") -> list[Peer]:
              {"precision": "int8-hybrid"}),
         Peer("nitro-tiny-int8-hybrid", "nitro-edge openvino int8-hybrid", "nitro-edge", tiny,
              "bundle-int8-hybrid-tiny", {"precision": "int8-hybrid"}),
+        Peer("nitro-tiny-int8-act", "nitro-edge openvino int8-act", "nitro-edge", tiny, "bundle-int8-act-tiny",
+             {"precision": "int8-act"}),
     ]  # fmt: skip
     rows = [r for r in rows if bf16 or not r.id.endswith("-default")]
     return rows if model == "sd15" else [r for r in rows if r.id in SDXL_ROWS]
@@ -133,6 +135,20 @@ def native_bf16() -> bool:
 
 
 def make_export(key: str, out: Path, source: Path, taesd: Path, model: str, size: int) -> tuple[Path, dict]:
+    """The folder (or file) behind export `key`, made once, and what making it cost (export s, peak RSS),
+    kept in OUT/<model>/exports/<key>.json so that a row measured again on a reused export still reports
+    it ({} for an export made before that file was kept)."""
+    path, made = _make_export(key, out, source, taesd, model, size)
+    record = out / "exports" / f"{key}.json"
+    if made:
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(made, indent=2))
+    elif record.is_file():
+        made = json.loads(record.read_text())
+    return path, made
+
+
+def _make_export(key: str, out: Path, source: Path, taesd: Path, model: str, size: int) -> tuple[Path, dict]:
     """The folder (or file) behind export `key`, made once; ({} when it already existed)."""
     path = out / key
     if key == "source":

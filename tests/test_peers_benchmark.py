@@ -142,3 +142,15 @@ def test_a_cached_failed_row_is_reported_not_measured_again_with_keep_failed(tmp
     assert results[1]["failed"] == oom["failed"] and results[1]["family"] == "nitro-edge"
     with pytest.raises(AssertionError, match="measured again"):  # the default measures a failed row again
         peers.measure(tmp_path, 3, print, ["nitro-int8-hybrid"], "sdxl", 512)
+
+
+def test_an_export_reused_by_a_later_invocation_still_reports_what_it_cost(tmp_path, monkeypatch):
+    made = iter([{"export_s": 734.0, "peak_rss_gib": 10.1}, {}])  # made by the first call, reused by the second
+
+    def fake_make(key, out, *args):
+        return out / key, next(made)
+
+    monkeypatch.setattr(peers, "_make_export", fake_make)
+    first = peers.make_export("bundle-int8-act-full", tmp_path, tmp_path / "source", tmp_path / "taesd", "sd15", 512)
+    again = peers.make_export("bundle-int8-act-full", tmp_path, tmp_path / "source", tmp_path / "taesd", "sd15", 512)
+    assert first == again == (tmp_path / "bundle-int8-act-full", {"export_s": 734.0, "peak_rss_gib": 10.1})
