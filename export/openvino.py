@@ -40,7 +40,8 @@ ACTIVATIONS = {"int8-hybrid": ("generator",), "int8-act": ("generator", "vae_dec
 # full-size SD1.5 decoder: 45.2 dB image PSNR against 38.4 with NNCF's placement, 1.6x its bf16 speed
 # (docs/benchmarks.md, "The int8 decoder").
 FLOAT_OPERATIONS = ("Add", "MVN", "MatMul", "Multiply", "ScaledDotProductAttention")
-FLOAT_CONVOLUTIONS = (".*post_quant_conv.*", ".*conv_in.*", ".*conv_shortcut.*")
+LATENT_CONVOLUTIONS = (".*post_quant_conv.*", ".*conv_in.*")
+FLOAT_CONVOLUTIONS = (*LATENT_CONVOLUTIONS, ".*conv_shortcut.*")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ def _quantize_options(nncf, name: str, model) -> dict:
             "model_type": nncf.ModelType.TRANSFORMER,
             "advanced_parameters": nncf.AdvancedQuantizationParameters(smooth_quant_alphas=off),
         }
+    return decoder_quantize_options(nncf, model)
+
+
+def decoder_quantize_options(
+    nncf,
+    model,
+    float_operations: tuple[str, ...] = FLOAT_OPERATIONS,
+    float_convolutions: tuple[str, ...] = FLOAT_CONVOLUTIONS,
+    float_output: bool = True,
+) -> dict:
+    """NNCF settings for the VAE decoder under int8-act (see FLOAT_OPERATIONS). The keywords keep other
+    operation types, convolutions (name patterns) or the output convolution float instead:
+    benchmarks/decoder_int8.py measures what each choice buys."""
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     return {
@@ -88,9 +102,9 @@ def _quantize_options(nncf, name: str, model) -> dict:
             activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
         ),
         "ignored_scope": nncf.IgnoredScope(
-            names=[output_convolution(model)],
-            patterns=list(FLOAT_CONVOLUTIONS),
-            types=list(FLOAT_OPERATIONS),
+            names=[output_convolution(model)] if float_output else [],
+            patterns=list(float_convolutions),
+            types=list(float_operations),
             validate=False,
         ),
     }
