@@ -1,15 +1,19 @@
-"""What each choice in int8-act's VAE decoder buys: the full-size decoder (published configuration,
-random weights, as in peers.py) quantised by NNCF with one more part kept float at each row, against
-torch on the gate's latents (the generator's outputs for the parity prompts): image PSNR, output SNR,
-latency at the device's default precision, and the convolutions' kernels and time.
+"""What each choice in nitro-edge's VAE decoder export buys: the full-size decoder (published
+configuration, random weights, as in peers.py) as diffusers writes it and with its upsampling folded
+(nitro_edge.models.upsampling), without int8 and quantised by NNCF with one more part kept float at
+each row, against torch on the gate's latents (the generator's outputs for the parity prompts): image
+PSNR, output SNR, latency at the device's default precision, the convolutions' kernels and time.
 
     python benchmarks/decoder_int8.py [--model sd15] [--size 512] [--out runs/decoder-int8] [--runs 3]
                                       [--source PIPELINE_FOLDER]
 
-Rows: the decoder without int8 (f32 and the device default); NNCF's own placement (what int8-act did
-before 2026-12-07: every quantisable op, only the two latent-resolution convolutions float); the residual
-stream, normalisation and attention float; the 1x1 shortcuts float too; the output convolution float too
-(nitro-edge's int8-act). Calibration: the 16 decoder inputs an int8-act export calibrates on.
+Rows: the decoder without int8 (f32 and the device default), as diffusers writes it and folded (what
+every bundle holds since 2026-12-07); NNCF's own placement (what int8-act did before 2026-12-07: every
+quantisable op, only the two latent-resolution convolutions float); then one more part float (or the
+upsampling folded) per row, down to nitro-edge's int8-act: the residual stream, normalisation and
+attention; the 1x1 shortcuts; the output convolution; the upsampling folded with its convolutions in
+int8; the upsampling convolutions float, not folded and folded. Calibration: the 16 decoder inputs an
+int8-act export calibrates on.
 """
 
 from __future__ import annotations
@@ -23,18 +27,23 @@ from pathlib import Path
 
 from scale.models import build
 
-ROWS = (  # label, float_operations, float_convolutions, float_output (None: no int8)
-    ("no int8", None, None, None),
-    ("NNCF's placement (int8-act before 2026-12-07)", (), "latent", False),
-    ("+ residual stream, normalisation, attention float", "operations", "latent", False),
-    ("+ 1x1 shortcuts float", "operations", "all", False),
-    ("+ output convolution float (int8-act)", "operations", "all", True),
+ROWS = (  # label, decoder IR, float_operations, float_convolutions, float_output (None: no int8)
+    ("no int8, diffusers' upsampling", "unfolded", None, None, None),
+    ("no int8, upsampling folded", "folded", None, None, None),
+    ("NNCF's placement (int8-act before 2026-12-07)", "unfolded", (), "latent", False),
+    ("+ residual stream, normalisation, attention float", "unfolded", "operations", "latent", False),
+    ("+ 1x1 shortcuts float", "unfolded", "operations", "shortcuts", False),
+    ("+ output convolution float", "unfolded", "operations", "shortcuts", True),
+    ("+ upsampling folded", "folded", "operations", "shortcuts", True),
+    ("+ upsampling convolutions float, not folded", "unfolded", "operations", "residual", True),
+    ("+ upsampling convolutions float, folded (int8-act)", "folded", "operations", "residual", True),
 )
 
 
 def record(source: Path, size: int | None, out: Path) -> dict:
-    """The decoder's fp32 IR (OUT/vae_decoder.xml), its calibration inputs and the gate's latents with
-    torch's images, from the pipeline folder `source` at `size` (None: its own), made once."""
+    """The decoder's fp32 IRs (OUT/unfolded.xml as diffusers writes it, OUT/folded.xml as export converts
+    it), its calibration inputs and the gate's latents with torch's images, from the pipeline folder
+    `source` at `size` (None: its own), made once."""
     import pickle
 
     cache = out / "reference.pkl"
@@ -42,23 +51,24 @@ def record(source: Path, size: int | None, out: Path) -> dict:
         return pickle.loads(cache.read_bytes())
     import openvino as ov
 
-    from nitro_edge.export.component import ComponentSource
+    from nitro_edge.export.component import ComponentSource, load_for_export
     from nitro_edge.export.reference import reference_run
     from nitro_edge.models.loading import load_module
     from nitro_edge.sources import resolve_source
 
     src = resolve_source(source)
     ref = reference_run(src, size, size, "int8-act")
-    decoder = ComponentSource(
-        ref.specs["vae_decoder"],
-        functools.partial(load_module, src, "vae_decoder"),
-        ref.example("vae_decoder"),
-        [],
-        out / "scratch",
-    )
-    fp32 = ov.convert_model(str(decoder.onnx_fp32()))
-    fp32.reshape({"latents": [1, *ref.dims.latent_shape]})
-    ov.save_model(fp32, str(out / "vae_decoder.xml"), compress_to_fp16=False)
+    for label, load in (("unfolded", load_module), ("folded", load_for_export)):
+        decoder = ComponentSource(
+            ref.specs["vae_decoder"],
+            functools.partial(load, src, "vae_decoder"),
+            ref.example("vae_decoder"),
+            [],
+            out / f"scratch-{label}",
+        )
+        fp32 = ov.convert_model(str(decoder.onnx_fp32()))
+        fp32.reshape({"latents": [1, *ref.dims.latent_shape]})
+        ov.save_model(fp32, str(out / f"{label}.xml"), compress_to_fp16=False)
     data = {
         "calibration": [c["latents"] for c in ref.calibration["vae_decoder"]],
         "latents": ref.inputs["vae_decoder"]["latents"],
@@ -79,7 +89,11 @@ def quantise(path: Path, calibration: list, operations, convolutions, output: bo
         nncf,
         model,
         float_operations=target.FLOAT_OPERATIONS if operations == "operations" else (),
-        float_convolutions=target.FLOAT_CONVOLUTIONS if convolutions == "all" else target.LATENT_CONVOLUTIONS,
+        float_convolutions={
+            "latent": target.LATENT_CONVOLUTIONS,
+            "shortcuts": (*target.LATENT_CONVOLUTIONS, ".*conv_shortcut.*"),
+            "residual": target.FLOAT_CONVOLUTIONS,
+        }[convolutions],
         float_output=output,
     )
     return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), **options)
@@ -132,15 +146,15 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = record(args.source or build(args.model, args.out / args.model / "source"), args.size, out)
     results = []
-    for label, operations, convolutions, output in ROWS:
+    for label, ir, operations, convolutions, output in ROWS:
         if output is None:
             for hint in ("f32", None):
-                row = measure(str(out / "vae_decoder.xml"), data, args.runs, hint)
+                row = measure(str(out / f"{ir}.xml"), data, args.runs, hint)
                 results.append({"row": f"{label}, {hint or 'device default'}", **row})
                 print(json.dumps(results[-1]), flush=True)
             continue
         started = time.perf_counter()
-        quantised = quantise(out / "vae_decoder.xml", data["calibration"], operations, convolutions, output)
+        quantised = quantise(out / f"{ir}.xml", data["calibration"], operations, convolutions, output)
         row = measure(quantised, data, args.runs, None)
         results.append({"row": label, "quantise_s": round(time.perf_counter() - started, 1), **row})
         print(json.dumps(results[-1]), flush=True)

@@ -22,7 +22,7 @@ import nitro_edge
 from nitro_edge import registry
 from nitro_edge.bundle import MANIFEST, SCHEMA, SCHEMA_VERSION, Bundle, file_entries, is_bundle
 from nitro_edge.errors import BundleError, InputError
-from nitro_edge.export.component import ComponentSource
+from nitro_edge.export.component import ComponentSource, load_for_export
 from nitro_edge.export.gate import Draft, run_gate
 from nitro_edge.export.reference import Reference, reference_run
 from nitro_edge.sources import Source, resolve_source
@@ -78,8 +78,6 @@ def export_bundle(
     src = resolve_source(
         source, unet=unet, shift=shift, tiny_vae=tiny_vae, loras=loras, prediction_type=prediction_type
     )
-    from nitro_edge.models.loading import load_module
-
     started = time.perf_counter()
     report(f"torch reference: running the {src.architecture} pipeline from {src.path} …")
     reference = reference_run(src, height, width, precision)
@@ -99,7 +97,7 @@ def export_bundle(
         for name in COMPONENTS[reference.dims.architecture]:
             component = ComponentSource(
                 reference.specs[name],
-                functools.partial(load_module, src, name),
+                functools.partial(load_for_export, src, name),
                 reference.example(name),
                 reference.calibration.get(name, []),
                 scratch,

@@ -58,3 +58,16 @@ class ComponentSource:
             files = onnx_target.trace(self.module, self.spec, self.example, self.scratch / "onnx-fp32")
             self._onnx = files[0]
         return self._onnx
+
+
+def load_for_export(source, name: str):
+    """The torch module export converts for component `name` of `source`: load_module's, with the VAE
+    decoder's upsampling convolutions folded (nitro_edge.models.upsampling: the same function in fewer
+    operations; the gate's reference keeps the original)."""
+    from nitro_edge.models.loading import load_module
+    from nitro_edge.models.upsampling import fold_upsampling
+
+    module = load_module(source, name)
+    if name == "vae_decoder":
+        fold_upsampling(module)
+    return module

@@ -8,11 +8,11 @@ batch 1 and the bundle's resolution (so it also compiles for NPUs).
   off); the other components get int8 weight compression, as for int8.
 - int8-act: as int8-hybrid, and the VAE decoder's weights and activations too, calibrated on the
   latents the generator produced in those runs (the decoder is most of a full-VAE run's time). Only
-  the inputs of the decoder's convolutions that read an activation or the upsampling are quantised
-  (asymmetric, most read SiLU outputs; ranges are the calibration's min/max, as the gate's prompts
-  are not the calibration's); the residual stream, normalisation, attention, the convolutions at
-  latent resolution, the 1x1 shortcuts and the output convolution stay float (FLOAT_OPERATIONS,
-  FLOAT_CONVOLUTIONS: why, and what each choice measured).
+  the inputs of the decoder's convolutions that read an activation are quantised (asymmetric, most
+  read SiLU outputs; ranges are the calibration's min/max, as the gate's prompts are not the
+  calibration's); the residual stream, normalisation, attention and the convolutions that read the
+  residual stream, sit at latent resolution or write the image stay float (FLOAT_OPERATIONS,
+  FLOAT_CONVOLUTIONS: why, and what the choices measured).
 """
 
 from __future__ import annotations
@@ -31,17 +31,19 @@ log = logging.getLogger(__name__)
 PRECISIONS = registry.target("openvino").precisions
 # The components whose activations are quantised too (the others get int8 weights only).
 ACTIVATIONS = {"int8-hybrid": ("generator",), "int8-act": ("generator", "vae_decoder")}
-# What stays float in the decoder under int8-act: only the inputs of the convolutions that read an
-# activation (SiLU) or the upsampling are quantised, which is where its int8 kernels are. NNCF would also
-# quantise the residual stream (every Add's output: 8 bits again at each block), the normalisation and
-# the attention block, which buys no kernel; the convolutions at latent resolution (negligible compute;
-# the 4-channel latent is where int8 costs most), the 1x1 shortcuts that read the residual stream (wide
-# range, outliers) and the output convolution (its error lands in the pixels) stay float too. On the
-# full-size SD1.5 decoder: 45.2 dB image PSNR against 38.4 with NNCF's placement, 1.6x its bf16 speed
-# (docs/benchmarks.md, "The int8 decoder").
+# What stays float in the decoder under int8-act. Quantised: the inputs of the convolutions that read an
+# activation (SiLU), which is where its int8 kernels run. Float: what NNCF would quantise besides, for no
+# kernel (the residual stream at every Add's output, the normalisation, the attention block); the
+# convolutions that read the residual stream, whose range its outliers set (the 1x1 shortcuts and the
+# upsampling convolutions, which export folds to 2.25x fewer multiply-adds: models/upsampling.py); the
+# two at latent resolution (negligible compute; the 4-channel latent is where int8 costs most) and the
+# output convolution (its error lands in the pixels). Full-size SD1.5 decoder at 512², 2 AMD EPYC cores:
+# 52.9 dB image PSNR against torch in 3.73 s, where NNCF's own placement gave 38.4 dB in 3.90 s and bf16
+# 55.5 dB in 6.31 s (`python benchmarks/decoder_int8.py`; docs/benchmarks.md, "The int8 decoder").
 FLOAT_OPERATIONS = ("Add", "MVN", "MatMul", "Multiply", "ScaledDotProductAttention")
 LATENT_CONVOLUTIONS = (".*post_quant_conv.*", ".*conv_in.*")
-FLOAT_CONVOLUTIONS = (*LATENT_CONVOLUTIONS, ".*conv_shortcut.*")
+RESIDUAL_CONVOLUTIONS = (".*conv_shortcut.*", ".*upsamplers.*")
+FLOAT_CONVOLUTIONS = (*LATENT_CONVOLUTIONS, *RESIDUAL_CONVOLUTIONS)
 
 
 @dataclass(frozen=True)

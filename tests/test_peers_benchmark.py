@@ -157,18 +157,23 @@ def test_an_export_reused_by_a_later_invocation_still_reports_what_it_cost(tmp_p
 
 
 def test_decoder_int8_rows_on_the_tiny_decoder(tiny_source, tmp_path):
-    """benchmarks/decoder_int8.py on the tiny SD1.5 decoder: the calibration an int8-act export uses, and
-    int8-act's placement closer to torch than NNCF's own, with int8 convolution kernels in both."""
+    """benchmarks/decoder_int8.py on the tiny SD1.5 decoder: the calibration an int8-act export uses, the
+    folded decoder equal to diffusers' in f32, and int8-act's placement closer to torch than NNCF's own,
+    with int8 convolution kernels in every quantised row."""
     import decoder_int8
 
     data = decoder_int8.record(tiny_source("sd15"), None, tmp_path)
     assert len(data["calibration"]) == 16 and data["latents"].shape[0] == data["images"].shape[0] == 2
     rows = {}
-    for label, operations, convolutions, output in decoder_int8.ROWS[1:]:
-        model = decoder_int8.quantise(
-            tmp_path / "vae_decoder.xml", data["calibration"], operations, convolutions, output
-        )
+    for label, ir, operations, convolutions, output in decoder_int8.ROWS:
+        if output is None:
+            rows[label] = decoder_int8.measure(str(tmp_path / f"{ir}.xml"), data, 1, "f32")
+            continue
+        model = decoder_int8.quantise(tmp_path / f"{ir}.xml", data["calibration"], operations, convolutions, output)
         rows[label] = decoder_int8.measure(model, data, 1, None)
-    nncf_own, ours = rows[decoder_int8.ROWS[1][0]], rows[decoder_int8.ROWS[-1][0]]
+    unfolded, folded = rows[decoder_int8.ROWS[0][0]], rows[decoder_int8.ROWS[1][0]]
+    assert unfolded["psnr_db"] > 100 and folded["psnr_db"] > 100, rows  # f32: the fold is the same function
+    nncf_own, ours = rows[decoder_int8.ROWS[2][0]], rows[decoder_int8.ROWS[-1][0]]
     assert ours["psnr_db"] > nncf_own["psnr_db"] + 3, rows
-    assert all(any(k.lower().endswith("i8") for k in r["convolutions"]) for r in rows.values()), rows  # int8 kernels
+    quantised = [rows[label] for label, *_, output in decoder_int8.ROWS if output is not None]
+    assert all(any(k.lower().endswith("i8") for k in r["convolutions"]) for r in quantised), rows  # int8 kernels

@@ -86,30 +86,30 @@ def test_every_target_and_precision_passes_its_gate(target, precision, matrix_bu
 
 
 def test_int8_act_quantises_the_decoder_only_where_its_int8_convolutions_read(matrix_bundles):
-    """The decoder's activations are quantised in front of convolutions (and the upsampling before one)
-    only: not the residual stream, normalisation or attention; the 1x1 shortcuts, which read the residual
-    stream, and the output convolution, whose error lands in the pixels, stay float."""
+    """The decoder's activations are quantised in front of convolutions only: not the residual stream,
+    normalisation or attention; the convolutions that read the residual stream (1x1 shortcuts, the
+    upsampling, folded into four 2x2 convolutions) and the output convolution stay float."""
     ov = pytest.importorskip("openvino")
     bundle = Bundle.open(matrix_bundles("int8-act"))
     model = ov.Core().read_model(str(bundle.artifact_path("vae_decoder", "openvino", "int8-act")))
     ops = model.get_ordered_ops()
     activations = [op for op in ops if op.get_type_name() == "FakeQuantize"]
     readers = {t.get_node().get_type_name() for op in activations for t in op.output(0).get_target_inputs()}
-    assert activations and readers <= {"Convolution", "Interpolate"}, readers
+    assert activations and readers == {"Convolution"}, readers
     convolutions = [op for op in ops if op.get_type_name() == "Convolution"]
     quantised = [op.get_friendly_name() for op in convolutions if _reads_quantised(op)]
-    shortcuts = [op.get_friendly_name() for op in convolutions if "conv_shortcut" in op.get_friendly_name()]
-    assert shortcuts and not set(shortcuts) & set(quantised)
+    residual = [op.get_friendly_name() for op in convolutions if "conv_shortcut" in op.get_friendly_name()]
+    upsampling = [op.get_friendly_name() for op in convolutions if "upsamplers" in op.get_friendly_name()]
+    assert residual and len(upsampling) == 4 * 3 and not set(residual + upsampling) & set(quantised)
+    assert "Interpolate" not in {op.get_type_name() for op in ops}  # folded
     assert convolutions[-1].get_friendly_name() not in quantised  # the output convolution
-    assert len(quantised) >= len(convolutions) - len(shortcuts) - 3  # all but those, conv_in, post_quant_conv
+    # all the others but conv_in and post_quant_conv
+    assert len(quantised) == len(convolutions) - len(residual) - len(upsampling) - 3
 
 
 def _reads_quantised(op) -> bool:
-    """Whether an OpenVINO op's data input comes from a FakeQuantize (directly or through an upsampling)."""
-    source = op.input_value(0).get_node()
-    if source.get_type_name() == "Interpolate":
-        source = source.input_value(0).get_node()
-    return source.get_type_name() == "FakeQuantize"
+    """Whether an OpenVINO op's data input comes from a FakeQuantize."""
+    return op.input_value(0).get_node().get_type_name() == "FakeQuantize"
 
 
 def test_precision_not_offered_by_a_target_is_refused(tiny_source, tmp_path):
