@@ -61,13 +61,14 @@ class ComponentSource:
 
 
 def load_for_export(source, name: str):
-    """The torch module export converts for component `name` of `source`: load_module's, with the VAE
-    decoder's upsampling convolutions folded (nitro_edge.models.upsampling: the same function in fewer
-    operations; the gate's reference keeps the original)."""
+    """The torch module export converts for component `name` of `source`: load_module's, with the
+    upsampling convolutions of the VAE decoder and of the generator's UNet folded
+    (nitro_edge.models.upsampling: the same function in fewer operations; the gate's reference keeps
+    the original)."""
     from nitro_edge.models.loading import load_module
     from nitro_edge.models.upsampling import fold_upsampling
 
     module = load_module(source, name)
-    if name == "vae_decoder":
+    if name in ("generator", "vae_decoder"):
         fold_upsampling(module)
     return module

@@ -6,10 +6,13 @@ four output phases is a 2x2 convolution of the input whose taps are sums of the 
 phases interleave into the output (a pixel shuffle). The same function, with 16 instead of 36
 multiply-adds per input channel and low-resolution pixel. In the SD VAE decoder the three upsampling
 convolutions are 695 of its 1240 GFLOP at 512² (the 512- and 256-channel ones at 256² and 512²), so
-the decoder does 31 % fewer; TAESD's decoder upsamples the same way.
+the decoder does 31 % fewer; TAESD's decoder upsamples the same way. In the SD1.5 UNet the three
+upsampling convolutions (1280, 1280 and 640 channels, at 16², 32² and 64² latents) are 68 of its 677
+GFLOP, so the generator does 5.6 % fewer.
 
-Export applies it to the VAE decoder it converts (`fold_upsampling`); the torch reference the parity
-gate holds the artifact to keeps diffusers' own modules, so the gate checks the rewrite as well.
+Export applies it to the VAE decoder and the generator it converts (`fold_upsampling`); the torch
+reference the parity gate holds the artifact to keeps diffusers' own modules, so the gate checks the
+rewrite as well.
 """
 
 from __future__ import annotations
