@@ -309,24 +309,33 @@ def measure(
 
 
 def machine_figures(folder: Path, size: int, report) -> dict:
-    """The GEMM peaks, the kernels per nitro-edge bundle in `folder`, and the UNet's FLOPs at `size`."""
+    """The GEMM peaks, the kernels per nitro-edge bundle in `folder`, and the UNet's FLOPs at `size`. Kept in
+    OUT/<model>/peers/machine.json; a bundle's kernels are read again when its manifest changed (re-exported)."""
+    import hashlib
+
     cache = folder / "peers" / "machine.json"
-    if cache.is_file():
-        figures = json.loads(cache.read_text())
-    else:
-        figures = {"gemm": in_child("child_gemm_peak", script=PEERS), "kernels": {}}
-        for key, precision, hint in (
-            ("bundle-fp32-full", "fp32", "f32"),
-            ("bundle-fp32-full", "fp32", None),
-            ("bundle-int8-act-full", "int8-act", None),
-            ("bundle-int8-hybrid-full", "int8-hybrid", None),
-        ):
-            bundle = folder / key
-            if (bundle / "manifest.json").is_file():
-                label = f"{precision} ({hint or 'device default'})"
-                figures["kernels"][label] = in_child("child_kernels", str(bundle), precision, hint, script=PEERS)
+    figures = json.loads(cache.read_text()) if cache.is_file() else {}
+    if "gemm" not in figures:
+        figures["gemm"] = in_child("child_gemm_peak", script=PEERS)
+    kernels = figures.setdefault("kernels", {})
+    for key, precision, hint in (
+        ("bundle-fp32-full", "fp32", "f32"),
+        ("bundle-fp32-full", "fp32", None),
+        ("bundle-int8-act-full", "int8-act", None),
+        ("bundle-int8-hybrid-full", "int8-hybrid", None),
+    ):
+        manifest = folder / key / "manifest.json"
+        label = f"{precision} ({hint or 'device default'})"
+        if not manifest.is_file():
+            kernels.pop(label, None)
+            continue
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        if kernels.get(label, {}).get("manifest_sha256") != digest:
+            kernels[label] = in_child("child_kernels", str(manifest.parent), precision, hint, script=PEERS)
+            kernels[label]["manifest_sha256"] = digest
+    if "unet_flops" not in figures:
         figures["unet_flops"] = unet_flops(folder / "source", size)
-        cache.write_text(json.dumps(figures, indent=2))
+    cache.write_text(json.dumps(figures, indent=2))
     figures["gemm"] = {k: v for k, v in figures["gemm"].items() if isinstance(v, dict)}  # not wall_s, peak_rss
     report(f"GEMM peaks: { {k: round(v['flops_per_s'] / 1e9) for k, v in figures['gemm'].items()} } GFLOP/s")
     return figures
