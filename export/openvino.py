@@ -37,9 +37,10 @@ ACTIVATIONS = {"int8-hybrid": ("generator",), "int8-act": ("generator", "vae_dec
 # convolutions that read the residual stream, whose range its outliers set (the 1x1 shortcuts and the
 # upsampling convolutions, which export folds to 2.25x fewer multiply-adds: models/upsampling.py); the
 # two at latent resolution (negligible compute; the 4-channel latent is where int8 costs most) and the
-# output convolution (its error lands in the pixels). Full-size SD1.5 decoder at 512², 2 AMD EPYC cores:
-# 52.9 dB image PSNR against torch in 3.73 s, where NNCF's own placement gave 38.4 dB in 3.90 s and bf16
-# 55.5 dB in 6.31 s (`python benchmarks/decoder_int8.py`; docs/benchmarks.md, "The int8 decoder").
+# output convolution (its error lands in the pixels). Full-size SD1.5 decoder at 512², 2 AMD EPYC Zen 4
+# cores: 52.9 dB image PSNR against torch in 3.68 s, where NNCF's own placement gave 38.4 dB in 3.81 s
+# and bf16 55.5 dB in 5.97 s folded, 6.41 s not (`python benchmarks/decoder_int8.py`; docs/benchmarks.md,
+# "The int8 decoder").
 FLOAT_OPERATIONS = ("Add", "MVN", "MatMul", "Multiply", "ScaledDotProductAttention")
 LATENT_CONVOLUTIONS = (".*post_quant_conv.*", ".*conv_in.*")
 RESIDUAL_CONVOLUTIONS = (".*conv_shortcut.*", ".*upsamplers.*")

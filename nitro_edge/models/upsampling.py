@@ -56,7 +56,8 @@ class NearestUpConv(nn.Module):
 
 class _Upsample2D(nn.Module):
     """diffusers' Upsample2D (nearest 2x, then its 3x3 convolution) on NearestUpConv; another output
-    size than 2x (which the VAE decoders never ask for) goes through the original module."""
+    size than 2x (the UNet asks for one when the latent is not a multiple of its downsampling; the VAE
+    decoders never do) goes through the original module."""
 
     def __init__(self, original):
         super().__init__()
