@@ -65,6 +65,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Systems
     mixed_precision: str = "no"
+    # True: the heads of one level and kind as one grouped call, real and fake (and both
+    # conditionings) through the backbone together; False: one call per head and per input, the
+    # reference the batched path is tested against (benchmarks/adversarial_step.py times both).
+    batched_discriminator: bool = True
     gradient_checkpointing: bool = False
     tf32: bool = True
     checkpoint_every: int = 100

@@ -33,7 +33,7 @@ from nitro_edge.training.config import TrainConfig
 from nitro_edge.training.data import PromptSampler, read_prompts
 from nitro_edge.training.diagnostics import Diagnostics
 from nitro_edge.training.first_stage import regression_step
-from nitro_edge.training.heads import HeadPool, reset_optimizer_state
+from nitro_edge.training.heads import HeadPool, reset_optimizer_state, run_heads
 from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
@@ -312,6 +312,10 @@ class Judging:
         t_batch = torch.tensor(t_per_sample[: len(batch.noise)], dtype=torch.int64, device=run.device)
         return cls(t_batch, eps, corner)
 
+    def doubled(self) -> Judging:
+        """The view of real and fake samples stacked (real first): the same t* and crop for both."""
+        return Judging(torch.cat([self.t_batch] * 2), self.eps, self.corner)
+
 
 def discriminator_phase(
     run: Run, batch: Batch, fake: torch.Tensor, view: Judging, picks: dict, stats: dict, gen: torch.Generator
@@ -323,23 +327,27 @@ def discriminator_phase(
         noisy_real = add_noise(batch.real, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
         noisy_fake = add_noise(fake.detach(), view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
         conds = _conds(pool, batch.cond, batch.uncond)
-        seen = {
-            side: {c: run.backbone(x, view.t_batch, **unet_kwargs(cd)) for c, cd in conds.items()}
-            for side, x in (("real", noisy_real), ("fake", noisy_fake))
-        }
+        # Real and fake stacked (real first): one backbone call and one call of the heads for both.
+        if cfg.batched_discriminator:
+            twice = {c: {k: torch.cat([v] * 2) for k, v in cd.items()} for c, cd in conds.items()}
+            both = _features(run, torch.cat([noisy_real, noisy_fake]), torch.cat([view.t_batch] * 2), twice)
+        else:
+            sides = [_features(run, x, view.t_batch, conds) for x in (noisy_real, noisy_fake)]
+            both = {c: [torch.cat(pair) for pair in zip(sides[0][c], sides[1][c])] for c in conds}
         if cfg.r1_weight > 0:
             perturbed = noisy_real + cfg.r1_sigma * torch.randn(batch.noise.shape, generator=gen).to(run.device)
-            seen["perturbed"] = {
-                "cond": run.backbone(perturbed.to(run.weight_dtype), view.t_batch, **unet_kwargs(batch.cond))
-            }
+            seen_perturbed = _features(run, perturbed.to(run.weight_dtype), view.t_batch, {"cond": batch.cond})
     with run.acc.autocast():
-        real_logits = _judge(pool, picks, view, seen["real"], cfg.local_fraction)
-        fake_logits = _judge(pool, picks, view, seen["fake"], cfg.local_fraction)
+        judged = _judge(pool, picks, view.doubled(), both, cfg.local_fraction, cfg.batched_discriminator)
+        real_logits, fake_logits = {}, {}
+        for (t, task), maps in judged.items():
+            n = int((view.t_batch == t).sum())
+            real_logits[(t, task)], fake_logits[(t, task)] = [m[:n] for m in maps], [m[n:] for m in maps]
         if cfg.r1_weight > 0:
             global_only = {
                 t: {"global_cond": by_task["global_cond"]} for t, by_task in picks.items() if "global_cond" in by_task
             }
-            pert_logits = _judge(pool, global_only, view, seen["perturbed"], cfg.local_fraction)
+            pert_logits = _judge(pool, global_only, view, seen_perturbed, cfg.local_fraction, cfg.batched_discriminator)
         d_loss = 0.0
         for key in real_logits:
             pairs = list(zip(real_logits[key], fake_logits[key]))
@@ -364,11 +372,8 @@ def generator_phase(
     pool.requires_grad_(False)
     with run.acc.autocast():
         noisy = add_noise(fake, view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
-        feats = {
-            c: run.backbone(noisy, view.t_batch, **unet_kwargs(cd))
-            for c, cd in _conds(pool, batch.cond, batch.uncond).items()
-        }
-        logits = _judge(pool, picks, view, feats, cfg.local_fraction)
+        feats = _features(run, noisy, view.t_batch, _conds(pool, batch.cond, batch.uncond))
+        logits = _judge(pool, picks, view, feats, cfg.local_fraction, cfg.batched_discriminator)
         g_loss = 0.0
         for key, maps in logits.items():
             loss = sum(generator_loss(m, cfg.loss) for m in maps) / len(maps)
@@ -532,24 +537,44 @@ def _conds(pool, cond, uncond) -> dict:
     return {"cond": cond, **({"uncond": uncond} if "local_uncond" in pool.tasks else {})}
 
 
-def _judge(pool, picks, view: Judging, features, fraction) -> dict:
-    """{(t*, task): [logit map per level]}: each head reads its level, for the samples at its t*,
-    whole for global heads and the shared crop window for local heads."""
-    out = {}
+def _features(run: Run, x: torch.Tensor, t: torch.Tensor, conds: dict) -> dict:
+    """{conditioning name: the backbone's maps, level by level} for samples x at timesteps t. Batched,
+    every conditioning runs in one backbone call (the samples repeated); unbatched, one call each."""
+    if not run.cfg.batched_discriminator or len(conds) == 1:
+        return {c: run.backbone(x, t, **unet_kwargs(cd)) for c, cd in conds.items()}
+    names, n = list(conds), len(x)
+    stacked = {k: torch.cat([conds[c][k] for c in names]) for k in conds[names[0]]}
+    levels = run.backbone(torch.cat([x] * len(names)), torch.cat([t] * len(names)), **unet_kwargs(stacked))
+    return {c: [f[i * n : (i + 1) * n] for f in levels] for i, c in enumerate(names)}
+
+
+def _judge(pool, picks, view: Judging, features, fraction, batched: bool = True) -> dict:
+    """{(t*, task): [logit map per head, in the order of picks[t*][task]]}: each head reads its
+    level, for the samples at its t*, whole for global heads and the shared crop window for local
+    heads. Batched, the heads of one level and kind (global or local) run as one grouped call over
+    every t* and task (heads.run_heads); unbatched, one after another (the reference)."""
+    jobs: dict[tuple[int, bool], list] = {}  # (level, local) -> [((t*, task), input, ids)]
     for t, by_task in picks.items():
         rows = view.t_batch == t
         for task, ids in by_task.items():
-            maps = features[_cond(task)]
             local = task != "global_cond"
-            out[(t, task)] = [
-                pool.heads[i](
-                    crop(maps[pool.slots[i].level][rows], fraction, view.corner)
-                    if local
-                    else maps[pool.slots[i].level][rows]
+            by_level: dict[int, list[int]] = {}
+            for i in ids:
+                by_level.setdefault(pool.slots[i].level, []).append(i)
+            for level, level_ids in by_level.items():
+                x = features[_cond(task)][level][rows]
+                jobs.setdefault((level, local), []).append(
+                    ((t, task), crop(x, fraction, view.corner) if local else x, level_ids)
                 )
-                for i in ids
-            ]
-    return out
+    maps: dict[int, torch.Tensor] = {}
+    for group in jobs.values():
+        if batched:
+            outputs = run_heads(pool, [(x, ids) for _, x, ids in group])
+            for (_, _, ids), y in zip(group, outputs):
+                maps.update({i: y[:, n : n + 1] for n, i in enumerate(ids)})
+        else:
+            maps.update({i: pool.heads[i](x) for _, x, ids in group for i in ids})
+    return {(t, task): [maps[i] for i in ids] for t, by_task in picks.items() for task, ids in by_task.items()}
 
 
 def _writer(out: Path, acc):
