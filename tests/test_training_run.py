@@ -85,14 +85,19 @@ def test_cli_dry_run_train_and_export(tiny_source, tmp_path):
     assert plan["heads"] == 480 and plan["heads_trained_per_step"] == 480 and plan["refreshed_per_step"] == 5
     # The auto defaults, resolved for this teacher and budget (rules in training/config.py).
     max_steps = plan["max_steps"]
-    assert plan["stages"] == {
-        "first_stage_steps": round(0.75 * max_steps),
-        "adversarial_steps": round(0.25 * max_steps),
-    }
+    first = round(0.75 * max_steps)
+    assert plan["stages"]["first_stage_steps"] == first
+    assert plan["stages"]["adversarial_steps"] == max_steps - first
+    # Bottom-up refinement: one step through the first stage, then 2, 3 and 4 steps opened in turn.
+    assert [p["k"] for p in plan["stages"]["student_steps"]] == ["1", "1-2", "1-3", "1-4"]
+    assert plan["stages"]["student_steps"][1]["from_step"] == first
+    assert plan["stages"]["student_steps"][-1]["to_step"] == max_steps
     width = 32  # the tiny UNet's widest block (nitro_edge/tiny.py)
     assert plan["resolved"]["lr_first_stage"] == pytest.approx(3e-4 * 64 / width)
     assert plan["resolved"]["lr_student"] == pytest.approx(plan["resolved"]["lr_first_stage"] / 60)
-    assert plan["shift"] == 1000 and plan["resolved"]["refine_starts"] == [0]
+    assert plan["shift"] == 1000 and plan["resolved"]["refine_starts"] == [
+        p["from_step"] for p in plan["stages"]["student_steps"]
+    ]
     r = subprocess.run(
         [*cli, "train", *common, "--dry-run", "--set", "heads_per_slot=1"], capture_output=True, text=True
     )

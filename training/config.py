@@ -18,6 +18,9 @@ FIRST_STAGE_FRACTION = 0.75  # of max_steps spent on the first stage when the st
 FIRST_STAGE_LR_AT_64 = 3e-4  # Adam learning rate for a UNet whose widest block has 64 channels; scaled by 64/width
 ADVERSARIAL_LR_RATIO = 1 / 60  # the student's adversarial-stage learning rate, relative to the first stage's
 MAX_HEAD_WIDTH = 64  # the auto head width: half the UNet's widest block, at most this
+# Bottom-up refinement in the adversarial stage (the first stage stays one-step): k-step training
+# opens at these shares of the adversarial steps, for k = 2, 3, 4 (docs/training.md, "Defaults").
+REFINE_AT = (0.0, 0.25, 0.5)
 EMA_FRACTION = 0.05  # the EMA's time constant, as a fraction of max_steps (at least 10 steps)
 TASKS = ("global_cond", "local_cond", "local_uncond")  # the discriminator heads' three jobs
 LOSSES = ("hinge", "non_saturating")
@@ -46,7 +49,9 @@ class TrainConfig:
     lr_first_stage: float = 0.0  # 0: auto, from the teacher UNet's width
     # Student
     shift: int = 0  # UNet sees t * shift / 1000; 0: auto (1000: the student starts from the teacher)
-    refine_starts: list[int] = field(default_factory=list)  # step at which k-step training begins, k = 1..; []: auto
+    refine_starts: list[int] = field(
+        default_factory=list
+    )  # step at which k-step training begins, k = 1..; []: auto (refine_schedule)
     lr_student: float = 0.0  # adversarial stage; 0: auto, from lr_first_stage
     ema_decay: float = -1.0  # -1: auto, from max_steps
     # Discriminator
@@ -192,7 +197,7 @@ class TrainConfig:
         if first == -1:
             first = 0 if self.student_unet else round(FIRST_STAGE_FRACTION * self.max_steps)
         lr_first = self.lr_first_stage or FIRST_STAGE_LR_AT_64 * 64 / width
-        starts = self.refine_starts or [0]
+        starts = self.refine_starts or refine_schedule(first, self.max_steps)
         decay = self.ema_decay if self.ema_decay != -1 else 1 - 1 / max(10.0, EMA_FRACTION * self.max_steps)
         return dataclasses.replace(
             self,
@@ -207,6 +212,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def refine_schedule(first_stage_steps: int, max_steps: int) -> list[int]:
+    """The auto `refine_starts`: one step through the first stage (a k-step regression target would
+    be an average, since the sampler re-noises with fresh noise), then 2, 3 and 4 steps opened one
+    after another in the adversarial stage, which compares distributions and needs no pairing."""
+    adversarial = max_steps - first_stage_steps
+    if adversarial <= 0:
+        return [0]
+    return [0, *(first_stage_steps + round(share * adversarial) for share in REFINE_AT)]
+
+
+def k_schedule(refine_starts: list[int], max_steps: int) -> list[dict]:
+    """What `steps_for` draws, phase by phase: [{"from_step", "to_step", "k"}] (k drawn uniformly
+    from 1..k_max within a phase); what `--dry-run` prints."""
+    phases = []
+    for k, start in enumerate(refine_starts, 1):
+        end = refine_starts[k] if k < len(refine_starts) else max_steps
+        if end > start and start < max_steps:
+            phases.append({"from_step": start, "to_step": min(end, max_steps), "k": "1" if k == 1 else f"1-{k}"})
+    return phases
 
 
 _HINTS: dict = {}  # field name -> type, filled once the class exists (below)

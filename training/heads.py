@@ -79,6 +79,8 @@ class HeadPool(nn.Module):
                         self.slots.append(Slot(t, task, level))
                         heads.append(Head(ch, local_size, width))
         self.heads = nn.ModuleList(heads)
+        # Each head's parameters, listed once (a reset re-initialises them in place, so they stay valid).
+        self.head_parameters = [list(h.parameters()) for h in heads]
 
     def __len__(self) -> int:
         return len(self.heads)

@@ -8,7 +8,7 @@ from pathlib import Path
 from nitro_edge._lazy import require
 from nitro_edge.errors import InputError
 from nitro_edge.sources import resolve_source
-from nitro_edge.training.config import TrainConfig
+from nitro_edge.training.config import TrainConfig, k_schedule
 
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
@@ -82,6 +82,7 @@ def plan(cfg: TrainConfig) -> dict:
         "stages": {
             "first_stage_steps": cfg.first_stage_steps,
             "adversarial_steps": cfg.max_steps - cfg.first_stage_steps,
+            "student_steps": k_schedule(cfg.refine_starts, cfg.max_steps),
         },
         "resolved": {
             k: getattr(cfg, k)

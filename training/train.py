@@ -34,7 +34,7 @@ from nitro_edge.training.data import PromptSampler, read_prompts
 from nitro_edge.training.diagnostics import Diagnostics
 from nitro_edge.training.first_stage import regression_step
 from nitro_edge.training.heads import HeadPool, reset_optimizer_state, run_heads
-from nitro_edge.training.losses import approximate_r1, discriminator_loss, generator_loss
+from nitro_edge.training.losses import PER_HEAD, approximate_r1, discriminator_loss, generator_loss
 from nitro_edge.training.student import add_noise, crop, crop_window, steps_for, student_sample
 from nitro_edge.training.teacher import Conditioner, TeacherCache, TeacherSampler, fixed_noise, unet_kwargs
 
@@ -212,8 +212,8 @@ def setup(cfg: TrainConfig) -> Run:
             tuple(cfg.tasks),
         ).to(device)
     betas = tuple(cfg.adam_betas)
-    opt_g = torch.optim.AdamW(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(pool.parameters(), lr=cfg.lr_heads, betas=betas, weight_decay=cfg.weight_decay)
+    opt_g = _adamw(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
+    opt_d = _adamw(pool.parameters(), lr=cfg.lr_heads, betas=betas, weight_decay=cfg.weight_decay)
     ema = checkpoint.EMA(student_unet, cfg.ema_decay)
     # The student is DDP-wrapped; heads are not: every rank activates the same heads (shared
     # generator), so their gradients are averaged by hand, and idle heads cost no communication.
@@ -350,12 +350,13 @@ def discriminator_phase(
             pert_logits = _judge(pool, global_only, view, seen_perturbed, cfg.local_fraction, cfg.batched_discriminator)
         d_loss = 0.0
         for key in real_logits:
-            pairs = list(zip(real_logits[key], fake_logits[key]))
-            loss = sum(discriminator_loss(r, f, cfg.loss) for r, f in pairs) / len(pairs)
+            # The mean over the (t*, task)'s heads of each head's loss (logit maps hold a head per channel).
+            loss = torch.cat(
+                [discriminator_loss(r, f, cfg.loss, PER_HEAD) for r, f in zip(real_logits[key], fake_logits[key])]
+            ).mean()
             if cfg.r1_weight > 0 and key in pert_logits:
-                loss = loss + cfg.r1_weight * sum(
-                    approximate_r1(r, q) for r, q in zip(real_logits[key], pert_logits[key])
-                ) / len(pairs)
+                penalty = [approximate_r1(r, q, PER_HEAD) for r, q in zip(real_logits[key], pert_logits[key])]
+                loss = loss + cfg.r1_weight * torch.cat(penalty).mean()
             stats[f"loss_d/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
             run.diagnostics.observe_discriminator(key[0], real_logits[key], fake_logits[key], float(loss.detach()))
             d_loss = d_loss + loss / len(real_logits)
@@ -376,7 +377,7 @@ def generator_phase(
         logits = _judge(pool, picks, view, feats, cfg.local_fraction, cfg.batched_discriminator)
         g_loss = 0.0
         for key, maps in logits.items():
-            loss = sum(generator_loss(m, cfg.loss) for m in maps) / len(maps)
+            loss = torch.cat([generator_loss(m, cfg.loss, PER_HEAD) for m in maps]).mean()
             stats[f"loss_g/{key[1]}/t{key[0]}"] += float(loss.detach()) / cfg.gradient_accumulation
             run.diagnostics.observe_generator(key[0], float(loss.detach()))
             g_loss = g_loss + loss / len(logits)
@@ -396,9 +397,8 @@ def update(run: Run, picks: dict, stats: dict) -> None:
                     p.grad = run.acc.reduce(p.grad, reduction="mean")
     stats["grad_norm/student"] = float(run.acc.clip_grad_norm_(run.student_unet.parameters(), float("inf")))
     if active:
-        stats["grad_norm/heads"] = float(
-            torch.nn.utils.clip_grad_norm_([p for i in active for p in run.pool.heads[i].parameters()], float("inf"))
-        )
+        grads = [p.grad for i in active for p in run.pool.head_parameters[i] if p.grad is not None]
+        stats["grad_norm/heads"] = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
     run.opt_d.step()
     run.opt_g.step()
     run.opt_d.zero_grad(set_to_none=True)
@@ -520,6 +520,16 @@ def _tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def _adamw(params, **settings) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where the device has one: the pool is thousands of small tensors
+    (2,520 for the shapes UNet), and the per-tensor loop cost more than the heads' own maths."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, ValueError):  # a device without the fused kernel
+        return torch.optim.AdamW(params, **settings)
+
+
 def _place(module, device, dtype):
     """Move/cast only when needed (diffusers warns on every .to() of a UNet)."""
     p = next(module.parameters())
@@ -549,11 +559,11 @@ def _features(run: Run, x: torch.Tensor, t: torch.Tensor, conds: dict) -> dict:
 
 
 def _judge(pool, picks, view: Judging, features, fraction, batched: bool = True) -> dict:
-    """{(t*, task): [logit map per head, in the order of picks[t*][task]]}: each head reads its
+    """{(t*, task): [logit maps (samples at t*, heads, h, w), level by level]}: each head reads its
     level, for the samples at its t*, whole for global heads and the shared crop window for local
     heads. Batched, the heads of one level and kind (global or local) run as one grouped call over
     every t* and task (heads.run_heads); unbatched, one after another (the reference)."""
-    jobs: dict[tuple[int, bool], list] = {}  # (level, local) -> [((t*, task), input, ids)]
+    jobs: dict[tuple[int, bool], list] = {}  # (level, local) -> [((t*, task), input, head ids)]
     for t, by_task in picks.items():
         rows = view.t_batch == t
         for task, ids in by_task.items():
@@ -563,18 +573,17 @@ def _judge(pool, picks, view: Judging, features, fraction, batched: bool = True)
                 by_level.setdefault(pool.slots[i].level, []).append(i)
             for level, level_ids in by_level.items():
                 x = features[_cond(task)][level][rows]
-                jobs.setdefault((level, local), []).append(
-                    ((t, task), crop(x, fraction, view.corner) if local else x, level_ids)
-                )
-    maps: dict[int, torch.Tensor] = {}
+                x = crop(x, fraction, view.corner) if local else x
+                jobs.setdefault((level, local), []).append(((t, task), x, level_ids))
+    out: dict[tuple[int, str], list[torch.Tensor]] = {}
     for group in jobs.values():
         if batched:
-            outputs = run_heads(pool, [(x, ids) for _, x, ids in group])
-            for (_, _, ids), y in zip(group, outputs):
-                maps.update({i: y[:, n : n + 1] for n, i in enumerate(ids)})
+            maps = run_heads(pool, [(x, ids) for _, x, ids in group])
         else:
-            maps.update({i: pool.heads[i](x) for _, x, ids in group for i in ids})
-    return {(t, task): [maps[i] for i in ids] for t, by_task in picks.items() for task, ids in by_task.items()}
+            maps = [torch.cat([pool.heads[i](x) for i in ids], dim=1) for _, x, ids in group]
+        for (key, _, _), m in zip(group, maps):
+            out.setdefault(key, []).append(m)
+    return out
 
 
 def _writer(out: Path, acc):

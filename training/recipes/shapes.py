@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +34,9 @@ from nitro_edge.training.recipes import shapes_data as data
 from nitro_edge.training.recipes import small_models as sm
 
 TEACHER_STEPS, TEACHER_GUIDANCE = 25, 3.0
-ASSETS = Path(__file__).parents[2] / "nitro_edge" / "assets"
+# The package's assets, found through importlib.resources so that an installed wheel finds them too
+# (a path relative to this file points into the checkout's layout, not site-packages').
+ASSETS = Path(str(resources.files("nitro_edge").joinpath("assets")))
 DEFAULT_MODEL_DIR = ASSETS / "default_model"  # where --install-default puts the model by default
 BATCH_SIZE = 16
 REFERENCE_SEED = 100  # the teacher's 25-step reference samples; rows sample from EVAL_SEED + seed
@@ -93,11 +96,11 @@ def build_teacher(out: Path, size, log) -> Path:
     return folder
 
 
-def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_steps: int, log) -> None:
+def teacher_vae():
+    """The teacher's VAE, freshly initialised (also what benchmarks/adversarial_step.py times)."""
     import diffusers
-    import transformers
 
-    vae = diffusers.AutoencoderKL(
+    return diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -108,6 +111,45 @@ def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_step
         block_out_channels=(16, 32, 32, 32),
         layers_per_block=1,
     )
+
+
+def teacher_unet():
+    """The teacher's UNet (SD1.5 layout, 32/64 channels), freshly initialised."""
+    import diffusers
+
+    return diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def teacher_scheduler():
+    """The teacher's sampler: DDIM over the SD schedule."""
+    import diffusers
+
+    return diffusers.DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing="trailing",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_steps: int, log) -> None:
+    import diffusers
+    import transformers
+
+    vae = teacher_vae()
     vae = sm.train_vae(vae, images, vae_steps, log=log)
     with torch.no_grad():
         latents = torch.cat([vae.encode(sm.to_tensor(images[i : i + 256])).latent_dist.mean for i in range(0, n, 256)])
@@ -121,26 +163,8 @@ def _train_teacher(tmp: Path, images, prompts, n: int, vae_steps: int, unet_step
         ids = tokenizer(unique, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         table = dict(zip(unique, text_encoder(ids)[0]))
     cond = torch.stack([table[p] for p in prompts])
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=16,
-    )
-    scheduler = diffusers.DDIMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        timestep_spacing="trailing",
-        clip_sample=False,
-        set_alpha_to_one=False,
-    )
+    unet = teacher_unet()
+    scheduler = teacher_scheduler()
     unet = sm.train_epsilon(unet, latents, cond, table[""], scheduler.alphas_cumprod, unet_steps, log=log)
     pipe = diffusers.StableDiffusionPipeline(
         vae=vae,
