@@ -56,59 +56,61 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
             tick = time.perf_counter()
             gen = step_generator(cfg.seed, step, run.rank)  # this rank's noise and crops
             shared = step_generator(cfg.seed, step, -1)  # the same on every rank: heads, k, refresh
-            if step < cfg.first_stage_steps:
-                # 0. First stage (optional): a one-step starting point, by regressing the student's
-                # x̂0 onto the teacher's x0 from the same noise (the paper starts from one-step weights).
-                stats = {}
-                _stage(run, "first")
-                for micro in range(cfg.gradient_accumulation):
-                    k = steps_for(step, cfg.refine_starts, shared)  # the same bottom-up schedule as below
-                    batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
-                    with _no_sync(run, micro == cfg.gradient_accumulation - 1):
-                        loss = regression_step(run, batch, k, gen, stats, cfg.gradient_accumulation)
-                update(run, {}, stats)
-                stats["images_per_s"] = (
-                    cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
-                )
-                record(run, step + 1, stats, bar, loss)
-                continue
-            _stage(run, "adversarial")
-            # One discriminator timestep per sample (balanced); heads_per_slot heads per (t*, task, level).
-            t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size, cfg.heads_per_slot or run.pool.candidates)
-            stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in run.pool.tasks}
-            for micro in range(cfg.gradient_accumulation):
-                sync = micro == cfg.gradient_accumulation - 1
-                # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
-                batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
-                # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k comes
-                # from the shared generator, since DDP needs the same forwards on every rank.
-                k = steps_for(step, cfg.refine_starts, shared)
-                with _no_sync(run, sync), run.acc.autocast():
-                    fake = student_sample(
-                        run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen
-                    ).float()
-                # 3. Discriminator: real and fake noised to each sample's t* with the same noise.
-                view = Judging.draw(run, batch, t_per_sample, gen)
-                discriminator_phase(run, batch, fake, view, picks, stats, gen)
-                # 4. Generator: the same heads, frozen, judge x̂0; gradients flow through the backbone.
-                with _no_sync(run, sync):
-                    g_loss = generator_phase(run, batch, fake, view, picks, stats)
-            # 5. Update both sides (the active heads' gradients averaged over ranks first).
-            update(run, picks, stats)
-            # 6. Refresh: re-initialise ~1% of the pool with fresh optimiser state (same on all ranks).
-            refresh(run, shared)
-            done = step + 1
+            # Both stages have the same shape: micro-batches, then one update of the student.
+            stage = first_stage_step if step < cfg.first_stage_steps else adversarial_step
+            stats, loss = stage(run, step, gen, shared)
             stats["images_per_s"] = (
                 cfg.batch_size * cfg.gradient_accumulation * run.world / (time.perf_counter() - tick)
             )
-            stats["student_steps"] = k
-            alarm = run.diagnostics.end_step(done)
-            if alarm and run.acc.is_main_process:
-                (bar.write if bar is not None else log.warning)(f"warning: {alarm}")
-            record(run, done, stats, bar, g_loss)
+            record(run, step + 1, stats, bar, loss)
         if bar is not None:
             bar.close()
         return finish(run)
+
+
+def first_stage_step(run: Run, step: int, gen: torch.Generator, shared: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """0. First stage (optional): a one-step starting point, by regressing the student's x̂0 onto
+    the teacher's x0 from the same noise (the paper starts from one-step weights instead)."""
+    cfg, stats = run.cfg, {}
+    _stage(run, "first")
+    for micro in range(cfg.gradient_accumulation):
+        k = steps_for(step, cfg.refine_starts, shared)  # the same bottom-up schedule as the adversarial stage
+        batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
+        with _no_sync(run, micro == cfg.gradient_accumulation - 1):
+            loss = regression_step(run, batch, k, gen, stats, cfg.gradient_accumulation)
+    update(run, {}, stats)
+    stats["student_steps"] = k
+    return stats, loss
+
+
+def adversarial_step(run: Run, step: int, gen: torch.Generator, shared: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """One iteration of NitroFusion's adversarial stage, phase by phase."""
+    cfg = run.cfg
+    _stage(run, "adversarial")
+    # One discriminator timestep per sample (balanced); heads_per_slot heads per (t*, task, level).
+    t_per_sample, picks = run.pool.select_all(shared, cfg.batch_size, cfg.heads_per_slot or run.pool.candidates)
+    stats = {f"loss_{side}/{task}/t{t}": 0.0 for side in "dg" for t in picks for task in run.pool.tasks}
+    for micro in range(cfg.gradient_accumulation):
+        sync = micro == cfg.gradient_accumulation - 1
+        # 1. Data: prompts, conditioning, noise, and the teacher's x0 from that noise.
+        batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
+        # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k comes
+        # from the shared generator, since DDP needs the same forwards on every rank.
+        k = steps_for(step, cfg.refine_starts, shared)
+        with _no_sync(run, sync), run.acc.autocast():
+            fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen).float()
+        # 3. Discriminator: real and fake noised to each sample's t* with the same noise.
+        view = Judging.draw(run, batch, t_per_sample, gen)
+        discriminator_phase(run, batch, fake, view, picks, stats, gen)
+        # 4. Generator: the same heads, frozen, judge x̂0; gradients flow through the backbone.
+        with _no_sync(run, sync):
+            g_loss = generator_phase(run, batch, fake, view, picks, stats)
+    # 5. Update both sides (the active heads' gradients averaged over ranks first).
+    update(run, picks, stats)
+    # 6. Refresh: re-initialise ~1% of the pool with fresh optimiser state (same on all ranks).
+    refresh(run, shared)
+    stats["student_steps"] = k
+    return stats, g_loss
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -421,6 +423,10 @@ def refresh(run: Run, shared: torch.Generator) -> None:
 def record(run: Run, done: int, stats: dict, bar, g_loss: torch.Tensor) -> None:
     """Scalars, the progress bar, sample grids and checkpoints at their intervals."""
     cfg = run.cfg
+    if run.stage == "adversarial":
+        alarm = run.diagnostics.end_step(done)
+        if alarm and run.acc.is_main_process:
+            (bar.write if bar is not None else log.warning)(f"warning: {alarm}")
     stats["head_age/mean"], stats["head_age/max"] = float(run.ages.float().mean()), float(run.ages.max())
     if run.on_step is not None:
         run.on_step(done, stats)
