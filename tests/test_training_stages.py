@@ -109,6 +109,8 @@ def test_diagnostics_raise_one_alarm_when_the_discriminator_stalls_or_wins():
     won = Diagnostics((10, 500), "hinge", window=30)
     alarms = [line for line in (_feed(won, s, 5.0, -5.0, 0.0) for s in range(1, 41)) if line]
     assert len(alarms) == 1 and "won outright" in alarms[0]
+    share = won.summary(40)["state_share"]  # every step counted once, in the verdict it ended in
+    assert sum(share.values()) == pytest.approx(1) and share["won"] > 0.5 and share["ok"] == 0 and share["stalled"] == 0
 
     fine = Diagnostics((10, 500), "hinge", window=30)
     for s in range(1, 41):

@@ -35,6 +35,7 @@ class Diagnostics:
         self._ages: deque[float] = deque(maxlen=window)
         self.state = "ok"
         self.alarms: list[dict] = []
+        self.state_steps = {"warming up": 0, "ok": 0, "stalled": 0, "won": 0}  # adversarial steps in each verdict
 
     # -- what the loop reports
     def observe_discriminator(self, t: int, real: list[torch.Tensor], fake: list[torch.Tensor], loss: float) -> None:
@@ -68,6 +69,8 @@ class Diagnostics:
         self._current = {}
         self._steps.append(closed)
         verdict, line = self._verdict(step)
+        warming = len(self._steps) < min(MIN_STEPS, self.window)
+        self.state_steps["warming up" if warming else verdict] += 1
         changed = verdict != self.state
         self.state = verdict
         if changed and line:
@@ -110,6 +113,10 @@ class Diagnostics:
                 {"mean": round(sum(ages) / len(ages), 1), "min": min(ages), "max": max(ages)} if ages else None
             ),
             "state": self.state,
+            # The share of this process's adversarial steps in each verdict (since its start or resume).
+            "state_share": {
+                k: round(v / max(1, sum(self.state_steps.values())), 3) for k, v in self.state_steps.items()
+            },
             "alarms": self.alarms,
         }
 
