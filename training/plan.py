@@ -15,44 +15,13 @@ BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 
 def plan(cfg: TrainConfig) -> dict:
     """Parameter counts, pool layout and a memory estimate (weights and optimiser state only)."""
-    cfg.validate()
-    require("torch", "train")
-    accelerate = require("accelerate", "train")
-    diffusers = require("diffusers", "torch")
-    transformers = require("transformers", "torch")
-    from nitro_edge.models.loading import size_multiple
-    from nitro_edge.training.backbone import EncoderBackbone
-    from nitro_edge.training.heads import HeadPool
+    from nitro_edge.models import unet_encoder
 
+    cfg.validate()
     source = resolve_source(cfg.teacher, shift=cfg.shift or 1000)
-    root = source.path  # a single-file teacher is read from its converted folder
-    with accelerate.init_empty_weights():
-        unet = diffusers.UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
-        encoders = [
-            transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(root / n)))
-            for n in ("text_encoder", "text_encoder_2")
-            if (root / n).is_dir()
-        ]
-        vae = diffusers.AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text()))
-        backbone = EncoderBackbone(unet)
-        cfg = cfg.resolve(unet.config)
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        multiple = size_multiple(unet.config, vae_scale)
-        if cfg.resolution % multiple:
-            raise InputError(
-                f"resolution must be a multiple of {multiple} for this teacher (or 0 for its own), got {cfg.resolution}"
-            )
-        latent = (cfg.resolution or unet.config.sample_size * vae_scale) // vae_scale
-        sizes = [max(1, latent // s) for s in backbone.strides]
-        pool = HeadPool(
-            backbone.channels,
-            sizes,
-            tuple(cfg.disc_timesteps),
-            cfg.pool_size,
-            cfg.head_width,
-            cfg.local_fraction,
-            tuple(cfg.tasks),
-        )
+    cfg, unet, encoders, vae, pool, latent = _empty_models(cfg, source.path)
+
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
     per_slot = cfg.heads_per_slot or pool.candidates
     unet_params = sum(p.numel() for p in unet.parameters())
     text_params = sum(p.numel() for enc in encoders for p in enc.parameters())
@@ -69,7 +38,7 @@ def plan(cfg: TrainConfig) -> dict:
         "text_encoder_params": text_params,
         "student_params": unet_params,
         "levels": pool.levels,
-        "level_channels": backbone.channels,
+        "level_channels": unet_encoder.level_channels(unet.config),
         "heads": len(pool),
         "candidates_per_slot": pool.candidates,
         "head_params_total": sum(head_params),
@@ -97,6 +66,37 @@ def plan(cfg: TrainConfig) -> dict:
             )
         },
     }
+
+
+def _empty_models(cfg: TrainConfig, root):
+    """The teacher's modules and the pool without weights (meta tensors), the config resolved for
+    them, and the latent size; InputError for a resolution this teacher cannot take."""
+    require("torch", "train")
+    accelerate = require("accelerate", "train")
+    diffusers = require("diffusers", "torch")
+    transformers = require("transformers", "torch")
+    from nitro_edge.models.loading import size_multiple
+    from nitro_edge.training.backbone import EncoderBackbone
+    from nitro_edge.training.train import build_pool
+
+    with accelerate.init_empty_weights():  # root: a single-file teacher is read from its converted folder
+        unet = diffusers.UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text()))
+        encoders = [
+            transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(root / n)))
+            for n in ("text_encoder", "text_encoder_2")
+            if (root / n).is_dir()
+        ]
+        vae = diffusers.AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text()))
+        backbone = EncoderBackbone(unet)
+        cfg = cfg.resolve(unet.config)
+        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        multiple = size_multiple(unet.config, vae_scale)
+        if cfg.resolution % multiple:
+            raise InputError(
+                f"resolution must be a multiple of {multiple} for this teacher (or 0 for its own), got {cfg.resolution}"
+            )
+        latent = (cfg.resolution or unet.config.sample_size * vae_scale) // vae_scale
+        return cfg, unet, encoders, vae, build_pool(cfg, backbone, latent), latent
 
 
 def precompute(cfg: TrainConfig, total: int, shard_size: int = 256, progress=None) -> Path:

@@ -186,33 +186,9 @@ def setup(cfg: TrainConfig) -> Run:
     teacher = TeacherSampler(teacher_unet, source.path, cfg.teacher_steps, cfg.teacher_guidance, cfg.teacher_scheduler)
     cache = TeacherCache(cfg.teacher_cache) if cfg.teacher_cache else None
 
-    # The student: the teacher's UNet (or a given one) with the shifted x0 step on top.
-    student_unet = (
-        copy.deepcopy(modules["generator"].unet)
-        if not cfg.student_unet
-        else load_unet(resolve_source(cfg.teacher, unet=cfg.student_unet))
-    )
-    _place(student_unet, device, torch.float32).train().requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        student_unet.enable_gradient_checkpointing()
-    student = Generator(student_unet, source.params, dims.architecture == "sdxl").to(device)
+    student_unet, student = _student(cfg, source, dims, modules["generator"].unet, device)
     backbone = EncoderBackbone(teacher_unet)
-
-    # The discriminator pool: heads per (t*, task, level), at each level's map size. Seeded (on a
-    # forked generator, so the caller's global RNG is left as it was): every rank must build
-    # identical heads, and a rerun must build the same ones.
-    sizes = [max(1, dims.latent_shape[1] // s) for s in backbone.strides]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        pool = HeadPool(
-            backbone.channels,
-            sizes,
-            tuple(cfg.disc_timesteps),
-            cfg.pool_size,
-            cfg.head_width,
-            cfg.local_fraction,
-            tuple(cfg.tasks),
-        ).to(device)
+    pool = build_pool(cfg, backbone, dims.latent_shape[1]).to(device)
     betas = tuple(cfg.adam_betas)
     opt_g = _adamw(student_unet.parameters(), lr=cfg.lr_student, betas=betas, weight_decay=cfg.weight_decay)
     opt_d = _adamw(pool.parameters(), lr=cfg.lr_heads, betas=betas, weight_decay=cfg.weight_decay)
@@ -224,11 +200,10 @@ def setup(cfg: TrainConfig) -> Run:
     prompts = PromptSampler(read_prompts(cfg.prompts), cfg.seed)
     # With a cache, the data are its samples: draw a per-epoch permutation of them instead.
     order = PromptSampler([""] * len(cache), cfg.seed) if cache is not None else prompts
-    out = Path(cfg.output)
     return Run(
         cfg=cfg,
         acc=acc,
-        out=out,
+        out=Path(cfg.output),
         weight_dtype=weight_dtype,
         source=source,
         dims=dims,
@@ -248,9 +223,40 @@ def setup(cfg: TrainConfig) -> Run:
         prompts=prompts,
         order=order,
         empty=conditioner([""], device),
-        writer=_writer(out, acc),
+        writer=_writer(Path(cfg.output), acc),
         diagnostics=Diagnostics(tuple(cfg.disc_timesteps), cfg.loss, cfg.diagnostics_window),
     )
+
+
+def _student(cfg: TrainConfig, source: Source, dims: ModelDims, teacher_unet, device):
+    """The student's UNet (a copy of the teacher's, or the one given) in fp32, training, and the
+    Generator wrapper that puts the shifted x0 step on top of it."""
+    if cfg.student_unet:
+        student_unet = load_unet(resolve_source(cfg.teacher, unet=cfg.student_unet))
+    else:
+        student_unet = copy.deepcopy(teacher_unet)
+    _place(student_unet, device, torch.float32).train().requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        student_unet.enable_gradient_checkpointing()
+    return student_unet, Generator(student_unet, source.params, dims.architecture == "sdxl").to(device)
+
+
+def build_pool(cfg: TrainConfig, backbone: EncoderBackbone, latent_size: int) -> HeadPool:
+    """The discriminator pool: heads per (t*, task, level), at each level's map size. Seeded (on a
+    forked generator, so the caller's global RNG is left as it was): every rank must build
+    identical heads, and a rerun must build the same ones."""
+    sizes = [max(1, latent_size // s) for s in backbone.strides]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return HeadPool(
+            backbone.channels,
+            sizes,
+            tuple(cfg.disc_timesteps),
+            cfg.pool_size,
+            cfg.head_width,
+            cfg.local_fraction,
+            tuple(cfg.tasks),
+        )
 
 
 def resume(run: Run) -> int:

@@ -41,6 +41,7 @@ DEFAULT_MODEL_DIR = ASSETS / "default_model"  # where --install-default puts the
 BATCH_SIZE = 16
 REFERENCE_SEED = 100  # the teacher's 25-step reference samples; rows sample from EVAL_SEED + seed
 EVAL_SEED = 1000
+STUDENT_STEPS = (1, 2, 4)  # every student is scored at these step counts (one set of weights)
 FULL = "NitroFusion (full)"
 ABLATIONS = {  # adversarial-stage variants, each from the same first-stage student
     FULL: {},
@@ -268,7 +269,9 @@ def _job(kind: str, teacher: Path, out: Path, name: str, seed: int, size: Size, 
     student = train(cfg, progress=False)  # a finished run resumes at its end and only rewrites student/
     seconds = time.perf_counter() - t0
     images = {k: student_images(student, prompts, k, EVAL_SEED + seed) for k in steps}
-    return kind, name, seed, student, images, seconds
+    diagnostics = run / "diagnostics.json"
+    share = json.loads(diagnostics.read_text())["state_share"] if kind != "first" else None
+    return kind, name, seed, student, images, seconds, share
 
 
 def main(argv=None) -> dict:
@@ -329,18 +332,20 @@ def main(argv=None) -> dict:
 
     variants = list(ABLATIONS) if args.ablations else [FULL]
     threads = 1 if args.workers > 1 else max(1, torch.get_num_threads())
-    students, seconds = {}, {}
+    students, seconds, shares = {}, {}, {}
     ctx = get_context("spawn")  # workers start clean: no OpenMP state forked from this process
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
         common = (teacher, args.out)
         pending = {
-            pool.submit(_job, "first", *common, "first stage", s, size, threads, prompts, (1, 2, 4)) for s in seeds
+            pool.submit(_job, "first", *common, "first stage", s, size, threads, prompts, STUDENT_STEPS) for s in seeds
         }
         while pending:
             done = next(as_completed(pending))
             pending.remove(done)
-            kind, name, seed, student, imgs, secs = done.result()
+            kind, name, seed, student, imgs, secs, share = done.result()
             seconds.setdefault(name, []).append(secs)
+            if share is not None:
+                shares.setdefault(name, []).append(share)
             students[(name, seed)] = student
             log(f"{name}, seed {seed}: trained in {secs:.0f} s")
             for k, im in imgs.items():
@@ -350,7 +355,9 @@ def main(argv=None) -> dict:
                     grid[row] = im
             if kind == "first":
                 for v in variants:
-                    pending.add(pool.submit(_job, "adversarial", *common, v, seed, size, threads, prompts, _steps(v)))
+                    pending.add(
+                        pool.submit(_job, "adversarial", *common, v, seed, size, threads, prompts, STUDENT_STEPS)
+                    )
     rows = [_summarise(row, values, PAPER.get(row.split(": ", 1)[-1], "")) for row, values in _ordered(scores)]
     result = {
         "rows": rows,
@@ -359,6 +366,10 @@ def main(argv=None) -> dict:
         "seeds": seeds,
         "samples_per_row_and_seed": len(prompts),
         "training_seconds": {k: round(float(np.median(v))) for k, v in seconds.items()},
+        # the heads' verdicts over each adversarial run, averaged over seeds (training/diagnostics.py)
+        "diagnostics_share": {
+            k: {s: round(float(np.mean([x[s] for x in v])), 3) for s in v[0]} for k, v in shares.items()
+        },
         "seconds": round(time.perf_counter() - started),
         "workers": args.workers,
     }
@@ -377,10 +388,6 @@ def main(argv=None) -> dict:
             log("re-exported the shipped default bundle")
     log(f"done; results in {args.out}/results.json, grid in {args.out}/grid.png")
     return result
-
-
-def _steps(variant: str) -> tuple[int, ...]:
-    return (1, 2, 4) if variant == FULL else (1,)
 
 
 def _ordered(scores: dict) -> list:
