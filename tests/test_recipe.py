@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 import nitro_edge  # noqa: E402
 
 
+@pytest.mark.slow  # minutes: the whole recipe in a subprocess (.ci/wheel-smoke runs it too, from the wheel)
 def test_quick_recipe_runs_to_the_end_and_installs_the_model(tmp_path):
     out, model = tmp_path / "shapes", tmp_path / "model"
     cmd = [sys.executable, "-m", "nitro_edge.training.recipes.shapes", "--out", str(out), "--size", "quick"]
@@ -39,6 +40,8 @@ def test_quick_recipe_runs_to_the_end_and_installs_the_model(tmp_path):
     assert config["first_stage_steps"] == 0 and config["shift"] == 1000
     diagnostics = json.loads((out / "runs" / "NitroFusion-seed0" / "diagnostics.json").read_text())
     assert diagnostics["step"] == 2 and diagnostics["per_timestep"]
+    assert sum(diagnostics["state_share"].values()) == pytest.approx(1)
+    assert set(result["diagnostics_share"]) == {"NitroFusion (full)"}
     assert (out / "grid.png").is_file() and "| teacher 25 steps |" in (out / "results.md").read_text()
     # The installed model: fp16 weights, a card with the table, and it generates.
     card = (model / "README.md").read_text()
