@@ -17,6 +17,7 @@ PROMPTS = [
     "a yellow circle at the bottom left",
 ]
 PRECISIONS = ("fp32", "fp16", "int8")
+MORE_STEPS = (2, 4)  # extra torch rows: the same weights sampled in more steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +129,12 @@ def run(args, console, log: Path) -> None:
             "spec checked",
         )
     console.print(table)
+    # One set of weights serves 1-4 steps (bottom-up refinement): the torch rows at 2 and 4 steps.
+    labels = [f"{b} {p}" for b, p, _ in runs]
+    torch_sampler = nitro_edge.load(source, "torch")
+    for steps in MORE_STEPS:
+        rows.append(torch_sampler.generate(PROMPTS, steps=steps, seed=args.seed, output="numpy"))
+        labels.append(f"torch fp32 at {steps} steps")
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     from PIL import Image
 
@@ -135,7 +142,7 @@ def run(args, console, log: Path) -> None:
     Image.fromarray((grid * 255).round().astype(np.uint8)).resize(
         (grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST
     ).save(path)
-    console.print(f"grid: {path} (rows: {', '.join(f'{b} {p}' for b, p, _ in runs)}; columns: the prompts)")
+    console.print(f"grid: {path} (rows: {', '.join(labels)}; columns: the prompts)")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_the_demo_prints_its_own_lines_only_unless_verbose(verbose, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     shown = r.stdout + r.stderr
-    assert "parity passed" in shown and "grid:" in shown
+    assert "parity passed" in shown and "grid:" in shown and "torch fp32 at 4 steps" in shown
     if verbose:
         assert any(line in shown for line in THIRD_PARTY)
     else:
