@@ -156,6 +156,7 @@ def test_steps_for_draws_every_k_the_schedule_has_opened():
     from nitro_edge.training.student import steps_for
 
     starts = refine_schedule(300, 400)
+    assert refine_schedule(400, 400) == [0]  # no adversarial stage: one step
     gen = torch.Generator().manual_seed(0)
     drawn = {step: {steps_for(step, starts, gen) for _ in range(200)} for step in (0, 299, 300, 325, 399)}
     assert drawn == {0: {1}, 299: {1}, 300: {1, 2}, 325: {1, 2, 3}, 399: {1, 2, 3, 4}}
@@ -173,10 +174,7 @@ def test_auto_defaults_follow_the_teacher_and_the_budget():
 
     narrow, wide = SimpleNamespace(block_out_channels=(32, 64)), SimpleNamespace(block_out_channels=(320, 1280))
     cfg = TrainConfig(max_steps=400).resolve(narrow)
-    assert (cfg.first_stage_steps, cfg.shift, cfg.refine_starts) == (300, 1000, [0, 300, 325, 350])
-    assert TrainConfig(max_steps=400, first_stage_steps=400).resolve(narrow).refine_starts == [
-        0
-    ]  # no adversarial stage
+    assert (cfg.first_stage_steps, cfg.shift, cfg.refine_starts) == (300, 1000, [0])
     assert TrainConfig(max_steps=400, refine_starts=[0, 10]).resolve(narrow).refine_starts == [0, 10]  # given, kept
     assert cfg.lr_first_stage == pytest.approx(3e-4) and cfg.lr_student == pytest.approx(5e-6)
     assert cfg.ema_decay == pytest.approx(1 - 1 / 20) and cfg.head_width == 32

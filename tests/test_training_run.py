@@ -88,20 +88,20 @@ def test_cli_dry_run_train_and_export(tiny_source, tmp_path):
     first = round(0.75 * max_steps)
     assert plan["stages"]["first_stage_steps"] == first
     assert plan["stages"]["adversarial_steps"] == max_steps - first
-    # Bottom-up refinement: one step through the first stage, then 2, 3 and 4 steps opened in turn.
-    assert [p["k"] for p in plan["stages"]["student_steps"]] == ["1", "1-2", "1-3", "1-4"]
-    assert plan["stages"]["student_steps"][1]["from_step"] == first
-    assert plan["stages"]["student_steps"][-1]["to_step"] == max_steps
+    # The student's step counts over the run: one step throughout by default.
+    assert plan["stages"]["student_steps"] == [{"from_step": 0, "to_step": max_steps, "k": "1"}]
     width = 32  # the tiny UNet's widest block (nitro_edge/tiny.py)
     assert plan["resolved"]["lr_first_stage"] == pytest.approx(3e-4 * 64 / width)
     assert plan["resolved"]["lr_student"] == pytest.approx(plan["resolved"]["lr_first_stage"] / 60)
-    assert plan["shift"] == 1000 and plan["resolved"]["refine_starts"] == [
-        p["from_step"] for p in plan["stages"]["student_steps"]
-    ]
+    assert plan["shift"] == 1000 and plan["resolved"]["refine_starts"] == [0]
     r = subprocess.run(
-        [*cli, "train", *common, "--dry-run", "--set", "heads_per_slot=1"], capture_output=True, text=True
+        [*cli, "train", *common, "--dry-run", "--set", "heads_per_slot=1", "--set", "refine_starts=[0, 2, 4, 6]"],
+        capture_output=True,
+        text=True,
     )
-    assert json.loads(r.stdout)["heads_trained_per_step"] == 480 // plan["candidates_per_slot"], r.stderr
+    other = json.loads(r.stdout)
+    assert other["heads_trained_per_step"] == 480 // plan["candidates_per_slot"], r.stderr
+    assert [p["k"] for p in other["stages"]["student_steps"]] == ["1", "1-2", "1-3", "1-4"]
     assert not (tmp_path / "run").exists()
     r = subprocess.run(
         [

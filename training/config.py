@@ -18,8 +18,9 @@ FIRST_STAGE_FRACTION = 0.75  # of max_steps spent on the first stage when the st
 FIRST_STAGE_LR_AT_64 = 3e-4  # Adam learning rate for a UNet whose widest block has 64 channels; scaled by 64/width
 ADVERSARIAL_LR_RATIO = 1 / 60  # the student's adversarial-stage learning rate, relative to the first stage's
 MAX_HEAD_WIDTH = 64  # the auto head width: half the UNet's widest block, at most this
-# Bottom-up refinement in the adversarial stage (the first stage stays one-step): k-step training
-# opens at these shares of the adversarial steps, for k = 2, 3, 4 (docs/training.md, "Defaults").
+# Bottom-up refinement in the adversarial stage (refine_schedule): k-step training opens at these
+# shares of the adversarial steps, for k = 2, 3, 4. Not the default: measured, it cost the one-step
+# student more than it gave the 2-4-step modes (docs/training.md, "Bottom-up refinement").
 REFINE_AT = (0.0, 0.25, 0.5)
 EMA_FRACTION = 0.05  # the EMA's time constant, as a fraction of max_steps (at least 10 steps)
 TASKS = ("global_cond", "local_cond", "local_uncond")  # the discriminator heads' three jobs
@@ -51,7 +52,10 @@ class TrainConfig:
     shift: int = 0  # UNet sees t * shift / 1000; 0: auto (1000: the student starts from the teacher)
     refine_starts: list[int] = field(
         default_factory=list
-    )  # step at which k-step training begins, k = 1..; []: auto (refine_schedule)
+    )  # step at which k-step training begins, k = 1..; []: auto, [0] (one step)
+    one_step_share: float = (
+        0.0  # once k > 1 is open, the share of iterations that still train one step (else uniform 1..k)
+    )
     lr_student: float = 0.0  # adversarial stage; 0: auto, from lr_first_stage
     ema_decay: float = -1.0  # -1: auto, from max_steps
     # Discriminator
@@ -157,6 +161,8 @@ class TrainConfig:
             )
         if not 0 <= self.refresh_rate < 1:
             bad(f"refresh_rate must be in [0, 1), got {self.refresh_rate}")
+        if not 0 <= self.one_step_share <= 1:
+            bad(f"one_step_share must be in [0, 1], got {self.one_step_share}")
         if not 0 < self.local_fraction <= 1:
             bad(f"local_fraction must be in (0, 1], got {self.local_fraction}")
         if self.loss not in LOSSES:
@@ -197,7 +203,9 @@ class TrainConfig:
         if first == -1:
             first = 0 if self.student_unet else round(FIRST_STAGE_FRACTION * self.max_steps)
         lr_first = self.lr_first_stage or FIRST_STAGE_LR_AT_64 * 64 / width
-        starts = self.refine_starts or refine_schedule(first, self.max_steps)
+        starts = self.refine_starts or [
+            0
+        ]  # one step: refine_schedule's bottom-up default cost the 1-step student (docs)
         decay = self.ema_decay if self.ema_decay != -1 else 1 - 1 / max(10.0, EMA_FRACTION * self.max_steps)
         return dataclasses.replace(
             self,
@@ -215,9 +223,9 @@ class TrainConfig:
 
 
 def refine_schedule(first_stage_steps: int, max_steps: int) -> list[int]:
-    """The auto `refine_starts`: one step through the first stage (a k-step regression target would
-    be an average, since the sampler re-noises with fresh noise), then 2, 3 and 4 steps opened one
-    after another in the adversarial stage, which compares distributions and needs no pairing."""
+    """Bottom-up refinement as `refine_starts`: one step through the first stage, then 2, 3 and 4
+    steps opened one after another in the adversarial stage, which compares distributions and
+    needs no pairing (the recipe's "bottom-up refinement" row; not the auto default)."""
     adversarial = max_steps - first_stage_steps
     if adversarial <= 0:
         return [0]

@@ -22,11 +22,23 @@ def regression_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def regression_step(run, batch, k: int, gen: torch.Generator, stats: dict, accumulation: int) -> torch.Tensor:
-    """One micro-batch: the student's x̂0 after k steps from the teacher's noise (the earlier steps
-    without gradient, as in the adversarial stage), held to the teacher's x0 from that noise."""
+    """One micro-batch: the student's x̂0 held to the teacher's x0. One step: from the teacher's
+    noise. k steps: the last of k steps, from the teacher's x0 re-noised to that step's timestep
+    (as the sampler re-noises the student's x̂0 between steps). Not from the student's own earlier
+    steps: their fresh noise makes the k-step output no function of the starting noise, and
+    regressing it onto the teacher's x0 from that noise asks for an average."""
     with run.acc.autocast():
-        fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen).float()
-        loss = regression_loss(fake, batch.real)
+        if k == 1:
+            fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, 1, run.alphas, gen)
+        else:
+            params = run.source.params
+            a = run.alphas[int(params.lcm_timesteps(k)[-1])]
+            eps = torch.randn(batch.noise.shape, generator=gen).to(batch.noise.device)
+            x = a.sqrt() * batch.real + (1 - a).sqrt() * eps
+            t = torch.full((len(x),), int(params.generator_timesteps(k)[-1]), dtype=torch.int64, device=x.device)
+            extra = {key: batch.cond[key] for key in ("text_embeds", "time_ids") if key in batch.cond}
+            fake = run.student(x, t, batch.cond["encoder_hidden_states"], **extra)[0]
+        loss = regression_loss(fake.float(), batch.real)
     run.acc.backward(loss / accumulation)
     stats["loss_first_stage/mse"] = stats.get("loss_first_stage/mse", 0.0) + float(loss.detach()) / accumulation
     return loss

@@ -8,10 +8,12 @@ import torch
 from nitro_edge.schedule import SamplerParams
 
 
-def steps_for(step: int, refine_starts: list[int], generator: torch.Generator) -> int:
-    """Bottom-up refinement: once k-step training has started, draw k' uniformly from 1..k."""
+def steps_for(step: int, refine_starts: list[int], generator: torch.Generator, one_step_share: float = 0.0) -> int:
+    """Bottom-up refinement: once k-step training has started, draw k' from 1..k: one step with
+    probability `one_step_share`, else uniformly (0: uniform over 1..k)."""
     k = sum(1 for s in refine_starts if step >= s)
-    return int(torch.randint(1, k + 1, (1,), generator=generator))
+    u, pick = torch.rand(1, generator=generator), torch.randint(1, k + 1, (1,), generator=generator)
+    return 1 if k > 1 and float(u) < one_step_share else int(pick)
 
 
 def student_sample(

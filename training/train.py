@@ -74,7 +74,9 @@ def first_stage_step(run: Run, step: int, gen: torch.Generator, shared: torch.Ge
     cfg, stats = run.cfg, {}
     _stage(run, "first")
     for micro in range(cfg.gradient_accumulation):
-        k = steps_for(step, cfg.refine_starts, shared)  # the same bottom-up schedule as the adversarial stage
+        k = steps_for(
+            step, cfg.refine_starts, shared, cfg.one_step_share
+        )  # the same bottom-up schedule as the adversarial stage
         batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
         with _no_sync(run, micro == cfg.gradient_accumulation - 1):
             loss = regression_step(run, batch, k, gen, stats, cfg.gradient_accumulation)
@@ -96,7 +98,7 @@ def adversarial_step(run: Run, step: int, gen: torch.Generator, shared: torch.Ge
         batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
         # 2. The student's x̂0 from the same noise, in k steps (bottom-up refinement); k comes
         # from the shared generator, since DDP needs the same forwards on every rank.
-        k = steps_for(step, cfg.refine_starts, shared)
+        k = steps_for(step, cfg.refine_starts, shared, cfg.one_step_share)
         with _no_sync(run, sync), run.acc.autocast():
             fake = student_sample(run.student, batch.noise, batch.cond, run.source.params, k, run.alphas, gen).float()
         # 3. Discriminator: real and fake noised to each sample's t* with the same noise.

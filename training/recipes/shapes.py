@@ -49,12 +49,16 @@ ABLATIONS = {  # adversarial-stage variants, each from the same first-stage stud
     "no refresh": {"refresh_rate": 0.0},
     "global heads only": {"tasks": ["global_cond"]},
     "no unconditional local heads": {"tasks": ["global_cond", "local_cond"]},
+    # Not an ablation: the paper's bottom-up refinement (2, 3, 4 steps opened at 0, 1/4, 1/2 of the
+    # adversarial steps; training.config.refine_schedule), which the defaults leave off.
+    "bottom-up refinement to 4 steps": {"refine_starts": "schedule"},
 }
 PAPER = {  # what the paper says of each ablation (qualitative only; METHOD.md)
     "one candidate per slot (no pool)": "lower sharpness",
     "no refresh": "artifacts and over-fitting",
     "global heads only": "Janus artifacts, lost detail (without multi-scale dual-objective heads)",
     "no unconditional local heads": "Janus repetitions (what those heads fight)",
+    "bottom-up refinement to 4 steps": "one set of weights for 1-4 steps, quality rising with steps",
 }
 
 
@@ -264,7 +268,12 @@ def _job(kind: str, teacher: Path, out: Path, name: str, seed: int, size: Size, 
         first = out / "runs" / f"first-stage-seed{seed}" / "student" / "unet" / "diffusion_pytorch_model.safetensors"
         run = out / "runs" / f"{slug(name)}-seed{seed}"
         settings = dict(max_steps=size.adversarial, student_unet=str(first), shift=1000, first_stage_steps=0)
-        cfg = _config(teacher, out, run, seed, **{**settings, **ABLATIONS[name]})
+        variant = dict(ABLATIONS[name])
+        if variant.get("refine_starts") == "schedule":
+            from nitro_edge.training.config import refine_schedule
+
+            variant["refine_starts"] = refine_schedule(0, size.adversarial)
+        cfg = _config(teacher, out, run, seed, **{**settings, **variant})
     t0 = time.perf_counter()
     student = train(cfg, progress=False)  # a finished run resumes at its end and only rewrites student/
     seconds = time.perf_counter() - t0
