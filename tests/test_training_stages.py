@@ -121,3 +121,45 @@ def test_diagnostics_raise_one_alarm_when_the_discriminator_stalls_or_wins():
     assert set(fine.scalars()) >= {"diag/acc_real/t10", "diag/acc_fake/t500", "diag/loss_d/t10", "diag/loss_g/t500"}
     fine.observe_refresh([3, 7])
     assert fine.summary(41)["refreshed_head_age"] == {"mean": 5.0, "min": 3.0, "max": 7.0}
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_a_k_step_first_stage_iteration_denoises_the_teachers_x0_renoised_to_the_last_step(tiny_source, k):
+    """The pair is consistent: the student's input is the teacher's x0 noised to the k-step grid's
+    last timestep (not the student's own earlier steps, whose fresh noise would make the target an
+    average), at that step's shifted timestep, held to that x0."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import diffusers
+
+    from nitro_edge.models.wrappers import Generator
+    from nitro_edge.sources import resolve_source
+    from nitro_edge.training.first_stage import regression_step
+
+    source = resolve_source(tiny_source("sd15"), shift=1000)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(source.path / "unet")
+    seen = []
+    unet.register_forward_hook(lambda m, args, out: seen.append((args[0].detach().clone(), args[1].clone())))
+    alphas = torch.from_numpy(source.params.schedule.alphas_cumprod())
+    run = SimpleNamespace(
+        student=Generator(unet, source.params, False),
+        source=source,
+        alphas=alphas,
+        acc=SimpleNamespace(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward()),
+    )
+    torch.manual_seed(0)
+    real = torch.randn(3, 4, 8, 8)
+    batch = SimpleNamespace(
+        noise=torch.randn(3, 4, 8, 8), real=real, cond={"encoder_hidden_states": torch.randn(3, 77, 32)}
+    )
+    stats = {}
+    loss = regression_step(run, batch, k, torch.Generator().manual_seed(1), stats, 1)
+    assert len(seen) == 1  # one student call: the last step only
+    x, t = seen[0]
+    last = int(source.params.lcm_timesteps(k)[-1])
+    assert t.tolist() == [int(source.params.generator_timesteps(k)[-1])] * 3
+    eps = torch.randn(real.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x, alphas[last].sqrt() * real + (1 - alphas[last]).sqrt() * eps)
+    assert float(loss) > 0 and stats["loss_first_stage/mse"] == pytest.approx(float(loss))
+    assert all(p.grad is not None for p in unet.conv_in.parameters())
