@@ -50,12 +50,10 @@ class TrainConfig:
     lr_first_stage: float = 0.0  # 0: auto, from the teacher UNet's width
     # Student
     shift: int = 0  # UNet sees t * shift / 1000; 0: auto (1000: the student starts from the teacher)
-    refine_starts: list[int] = field(
-        default_factory=list
-    )  # step at which k-step training begins, k = 1..; []: auto, [0] (one step)
-    one_step_share: float = (
-        0.0  # once k > 1 is open, the share of iterations that still train one step (else uniform 1..k)
-    )
+    # The step at which k-step training begins, k = 1, 2, ...; []: auto, [0] (one step throughout).
+    refine_starts: list[int] = field(default_factory=list)
+    # Once k > 1 is open, the share of iterations that still train one step (the rest: uniform 1..k).
+    one_step_share: float = 0.0
     lr_student: float = 0.0  # adversarial stage; 0: auto, from lr_first_stage
     ema_decay: float = -1.0  # -1: auto, from max_steps
     # Discriminator
@@ -203,9 +201,8 @@ class TrainConfig:
         if first == -1:
             first = 0 if self.student_unet else round(FIRST_STAGE_FRACTION * self.max_steps)
         lr_first = self.lr_first_stage or FIRST_STAGE_LR_AT_64 * 64 / width
-        starts = self.refine_starts or [
-            0
-        ]  # one step: refine_schedule's bottom-up default cost the 1-step student (docs)
+        # One step by default: refine_schedule's bottom-up refinement cost the 1-step student (docs).
+        starts = self.refine_starts or [0]
         decay = self.ema_decay if self.ema_decay != -1 else 1 - 1 / max(10.0, EMA_FRACTION * self.max_steps)
         return dataclasses.replace(
             self,
@@ -233,8 +230,8 @@ def refine_schedule(first_stage_steps: int, max_steps: int) -> list[int]:
 
 
 def k_schedule(refine_starts: list[int], max_steps: int) -> list[dict]:
-    """What `steps_for` draws, phase by phase: [{"from_step", "to_step", "k"}] (k drawn uniformly
-    from 1..k_max within a phase); what `--dry-run` prints."""
+    """What `steps_for` draws, phase by phase: [{"from_step", "to_step", "k"}] (k drawn from 1..k_max
+    within a phase); what `--dry-run` prints."""
     phases = []
     for k, start in enumerate(refine_starts, 1):
         end = refine_starts[k] if k < len(refine_starts) else max_steps

@@ -70,13 +70,12 @@ def train(cfg: TrainConfig, progress: bool = True, on_step=None) -> Path:
 
 def first_stage_step(run: Run, step: int, gen: torch.Generator, shared: torch.Generator) -> tuple[dict, torch.Tensor]:
     """0. First stage (optional): a one-step starting point, by regressing the student's x̂0 onto
-    the teacher's x0 from the same noise (the paper starts from one-step weights instead)."""
+    the teacher's x0 (training/first_stage.py; the paper starts from one-step weights instead)."""
     cfg, stats = run.cfg, {}
     _stage(run, "first")
     for micro in range(cfg.gradient_accumulation):
-        k = steps_for(
-            step, cfg.refine_starts, shared, cfg.one_step_share
-        )  # the same bottom-up schedule as the adversarial stage
+        # k from the same bottom-up schedule as the adversarial stage (one step by default).
+        k = steps_for(step, cfg.refine_starts, shared, cfg.one_step_share)
         batch = data_batch(run, step * cfg.gradient_accumulation + micro, gen)
         with _no_sync(run, micro == cfg.gradient_accumulation - 1):
             loss = regression_step(run, batch, k, gen, stats, cfg.gradient_accumulation)
