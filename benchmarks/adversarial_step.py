@@ -123,19 +123,13 @@ def phases(teacher: Path, out: Path, repeats: int) -> dict:
 
     def backbone():
         with torch.no_grad():
-            if run.cfg.batched_discriminator:
-                twice = {c: {k: torch.cat([v] * 2) for k, v in cd.items()} for c, cd in conds.items()}
-                loop._features(run, torch.cat([real_noisy, fake_noisy]), torch.cat([view.t_batch] * 2), twice)
-            else:
-                for x in (real_noisy, fake_noisy):
-                    loop._features(run, x, view.t_batch, conds)
+            loop.real_and_fake_features(run, real_noisy, fake_noisy, view.t_batch, conds)
         x = fake_noisy.clone().requires_grad_(True)
         feats = loop._features(run, x, view.t_batch, conds)
         sum(f.mean() for maps in feats.values() for f in maps).backward()
 
     with torch.no_grad():
-        twice = {c: {k: torch.cat([v] * 2) for k, v in cd.items()} for c, cd in conds.items()}
-        seen = loop._features(run, torch.cat([real_noisy, fake_noisy]), torch.cat([view.t_batch] * 2), twice)
+        seen = loop.real_and_fake_features(run, real_noisy, fake_noisy, view.t_batch, conds)
         seen_fake = loop._features(run, fake_noisy, view.t_batch, conds)
 
     def heads():

@@ -337,12 +337,7 @@ def discriminator_phase(
         noisy_fake = add_noise(fake.detach(), view.eps, view.t_batch, run.alphas).to(run.weight_dtype)
         conds = _conds(pool, batch.cond, batch.uncond)
         # Real and fake stacked (real first): one backbone call and one call of the heads for both.
-        if cfg.batched_discriminator:
-            twice = {c: {k: torch.cat([v] * 2) for k, v in cd.items()} for c, cd in conds.items()}
-            both = _features(run, torch.cat([noisy_real, noisy_fake]), torch.cat([view.t_batch] * 2), twice)
-        else:
-            sides = [_features(run, x, view.t_batch, conds) for x in (noisy_real, noisy_fake)]
-            both = {c: [torch.cat(pair) for pair in zip(sides[0][c], sides[1][c])] for c in conds}
+        both = real_and_fake_features(run, noisy_real, noisy_fake, view.t_batch, conds)
         if cfg.r1_weight > 0:
             perturbed = noisy_real + cfg.r1_sigma * torch.randn(batch.noise.shape, generator=gen).to(run.device)
             seen_perturbed = _features(run, perturbed.to(run.weight_dtype), view.t_batch, {"cond": batch.cond})
@@ -558,6 +553,16 @@ def _cond(task: str) -> str:
 def _conds(pool, cond, uncond) -> dict:
     """The conditionings the pool's tasks need: the prompt, and the empty prompt for unconditional heads."""
     return {"cond": cond, **({"uncond": uncond} if "local_uncond" in pool.tasks else {})}
+
+
+def real_and_fake_features(run: Run, real: torch.Tensor, fake: torch.Tensor, t: torch.Tensor, conds: dict) -> dict:
+    """{conditioning name: the backbone's maps of real and fake stacked (real first), level by level}:
+    batched, one backbone call for both sides; the reference, one call per side."""
+    if run.cfg.batched_discriminator:
+        twice = {c: {k: torch.cat([v] * 2) for k, v in cd.items()} for c, cd in conds.items()}
+        return _features(run, torch.cat([real, fake]), torch.cat([t] * 2), twice)
+    sides = [_features(run, x, t, conds) for x in (real, fake)]
+    return {c: [torch.cat(pair) for pair in zip(sides[0][c], sides[1][c])] for c in conds}
 
 
 def _features(run: Run, x: torch.Tensor, t: torch.Tensor, conds: dict) -> dict:
